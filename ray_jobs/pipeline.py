@@ -1,0 +1,160 @@
+"""The Ray Data graph of a run and the driver loop that turns its stream into output tables.
+
+Graph: sessions → decode (tasks, streaming chunks) → ASR (actor pool) → drop heavy columns → driver.
+Each stage declares its resources from the run config, so the same graph runs on a laptop, on one
+GPU box (fractional GPUs) or on a cluster. The driver groups chunk results by session as they stream
+in and writes a session's part files as soon as its last chunk is back, so results appear while the
+run is going and a crash loses only the sessions in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from models.registry import resolve
+from ray_jobs.config import Resources, RunConfig
+from ray_jobs.inputs import SessionInput, fingerprint
+from ray_jobs.reduce import reduce_session
+from ray_jobs.stages import AsrStage, decode_session, drop_heavy
+from ray_jobs.tables import SESSIONS, UTTERANCES, merge_parts, read_session_part, to_table, write_session_parts
+
+log = logging.getLogger("emoguide")
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the end-of-run report and the exit code."""
+
+    out_dir: Path
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    wall_s: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.sessions if s["status"] == status)
+
+    @property
+    def media_s(self) -> float:
+        return sum(s["duration_s"] or 0.0 for s in self.sessions)
+
+    @property
+    def n_utterances(self) -> int:
+        return sum(s["n_utterances"] or 0 for s in self.sessions)
+
+
+def model_records(config: RunConfig) -> dict[str, dict[str, str]]:
+    """Resolve every configured model up front: fails fast, and records what will run."""
+    asr = resolve("asr", config.asr.model, config.asr.path, allow_network=config.allow_network)
+    return {"asr": asr.record()}
+
+
+def _actor_args(r: Resources) -> dict[str, Any]:
+    return {
+        "compute": ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+        "num_cpus": r.num_cpus,
+        "num_gpus": r.num_gpus,
+    }
+
+
+def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.Dataset:
+    """The lazy Ray Data graph for ``sessions``; nothing runs until it is iterated."""
+    items = [{"session_id": s.session_id, "path": s.path} for s in sessions]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus)
+    ds = ds.map(AsrStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.asr.resources))
+    return ds.map(drop_heavy, num_cpus=0.05)
+
+
+def run_pipeline(
+    sessions: list[SessionInput],
+    out_dir: Path,
+    config: RunConfig,
+    force: bool = False,
+    on_session: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> RunSummary:
+    """Process ``sessions`` into ``out_dir``; Ray must already be initialised.
+
+    Sessions finished earlier under the same config and input fingerprint are kept, not redone,
+    unless ``force``. ``on_session(row, done, total)`` is called as each session finishes.
+    """
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    summary = RunSummary(out_dir)
+    config_hash = config.config_hash()
+    models_json = json.dumps(model_records(config), sort_keys=True)
+
+    todo: list[SessionInput] = []
+    meta: dict[str, dict[str, Any]] = {}
+    for s in sessions:
+        fp = fingerprint(s.path)
+        previous = None if force else read_session_part(out_dir, s.session_id)
+        if (
+            previous is not None
+            and previous["status"] == "ok"
+            and previous["config_hash"] == config_hash
+            and previous["input_fingerprint"] == fp
+        ):
+            summary.sessions.append(previous)
+            summary.skipped += 1
+            continue
+        todo.append(s)
+        meta[s.session_id] = {
+            "session_id": s.session_id,
+            "source_path": s.path,
+            "config_hash": config_hash,
+            "input_fingerprint": fp,
+            "models": models_json,
+        }
+
+    total = len(sessions)
+    if todo:
+        pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        expected: dict[str, int] = {}
+        first_seen: dict[str, float] = {}
+        for row in build_dataset(todo, config).iter_rows():
+            sid = row["session_id"]
+            first_seen.setdefault(sid, time.monotonic())
+            pending[sid].append(row)
+            if row["is_last"]:
+                expected[sid] = int(row["chunk_index"]) + 1
+            if expected.get(sid) == len(pending[sid]):
+                session_row, utterances = reduce_session(
+                    {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid)
+                )
+                _finish(out_dir, summary, session_row, utterances, total, on_session)
+        finished = {row["session_id"] for row in summary.sessions}
+        for sid in [s.session_id for s in todo if s.session_id not in finished]:
+            # chunks that never came back: the session is recorded as failed, never silently dropped
+            lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "pipeline",
+                    "error": "not all chunks came back from the pipeline"}
+            session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost])
+            _finish(out_dir, summary, session_row, utterances, total, on_session)
+
+    merge_parts(out_dir, [s.session_id for s in sessions])
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+def _finish(
+    out_dir: Path,
+    summary: RunSummary,
+    session_row: dict[str, Any],
+    utterances: list[dict[str, Any]],
+    total: int,
+    on_session: Callable[[dict[str, Any], int, int], None] | None,
+) -> None:
+    sid = session_row["session_id"]
+    tables = {"sessions": to_table([session_row], SESSIONS), "utterances": to_table(utterances, UTTERANCES)}
+    write_session_parts(out_dir, sid, tables)
+    summary.sessions.append(session_row)
+    if on_session is not None:
+        on_session(session_row, len(summary.sessions), total)

@@ -1,0 +1,83 @@
+"""Ray Data stage callables: each wraps one model adapter and isolates failures per chunk.
+
+A stage never raises for a bad item: it records ``error`` and ``failed_stage`` on the row and passes
+it on, so one corrupt session never drops another session's rows. Rows that already carry an error
+pass through untouched. Heavy columns (audio, frames) are dropped by the last stage that needs them,
+so only small per-chunk results travel back to the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from models.asr import Transcriber
+from models.registry import resolve
+from ray_jobs.config import RunConfig
+from ray_jobs.media import MediaError, iter_chunks
+
+HEAVY_COLUMNS = ("audio", "frames")
+
+
+def _failed(row: dict[str, Any], stage: str, exc: BaseException) -> dict[str, Any]:
+    reason = str(exc) if isinstance(exc, MediaError) else f"{type(exc).__name__}: {exc}"
+    return {**row, "error": reason, "failed_stage": stage}
+
+
+def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str, Any]]:
+    """flat_map: one session row → its chunk rows (or a single error row)."""
+    base = {"session_id": row["session_id"], "error": None, "failed_stage": None}
+    emitted = 0
+    try:
+        for chunk in iter_chunks(
+            row["path"], fps=config.decode.fps, chunk_s=config.decode.chunk_s, max_side=config.decode.max_side
+        ):
+            emitted += 1
+            yield {
+                **base,
+                "chunk_index": chunk.index,
+                "start_s": chunk.start_s,
+                "end_s": chunk.end_s,
+                "is_last": chunk.is_last,
+                "audio": chunk.audio,
+                "frames": chunk.frames,
+                "frame_times": chunk.frame_times,
+            }
+    except Exception as exc:  # noqa: BLE001 - any decoder failure belongs to this session only
+        yield _failed(
+            {**base, "chunk_index": emitted, "start_s": 0.0, "end_s": 0.0, "is_last": True,
+             "audio": np.zeros(0, np.float32), "frames": np.zeros((0, 0, 0, 3), np.uint8),
+             "frame_times": np.zeros(0)},
+            "decode",
+            exc,
+        )
+
+
+class AsrStage:
+    """Transcribes each chunk's audio; loads the Whisper model once per actor."""
+
+    def __init__(self, config: RunConfig) -> None:
+        c = config.asr
+        model = resolve("asr", c.model, c.path, allow_network=config.allow_network)
+        self.transcriber = Transcriber(
+            model, device=c.device, compute_type=c.compute_type, cpu_threads=c.cpu_threads,
+            language=c.language, beam_size=c.beam_size,
+        )
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = {**row, "segments": []}
+        if row.get("error"):
+            return row
+        try:
+            segments = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]))
+            row["segments"] = [s.as_record() for s in segments]
+        except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
+            return _failed(row, "asr", exc)
+        return row
+
+
+def drop_heavy(row: dict[str, Any]) -> dict[str, Any]:
+    """Last map before the driver: keep only the small per-chunk results."""
+    return {k: v for k, v in row.items() if k not in HEAVY_COLUMNS}

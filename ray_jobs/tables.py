@@ -1,0 +1,137 @@
+"""The output contract (column names and types) and atomic, owner-only Parquet writing.
+
+Every session is first written as its own part files under ``DIR/parts/`` the moment it finishes,
+so a crash loses at most the sessions in flight and a re-run can skip finished ones; the run's
+tables are then merged from the parts. Every file appears under its final name only when complete
+(temp file in the same folder, fsync, rename), and is readable by its owner alone: sessions are
+health data.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.emotion import LABELS
+
+WORD = pa.struct(
+    [("start", pa.float64()), ("end", pa.float64()), ("word", pa.string()), ("probability", pa.float64())]
+)
+PROSODY_KEYS = (
+    "f0_mean_hz",
+    "f0_mean_semitones",
+    "f0_range_semitones",
+    "loudness_mean",
+    "jitter_local",
+    "shimmer_local_db",
+    "hnr_db",
+    "speaking_rate",
+)
+PROSODY = pa.struct([(k, pa.float64()) for k in PROSODY_KEYS])
+
+SESSIONS = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("source_path", pa.string()),
+        ("status", pa.string()),  # ok | failed | partial
+        ("error", pa.string()),  # null when ok
+        ("failed_stage", pa.string()),
+        ("note", pa.string()),  # e.g. "no speech found"; not an error
+        ("duration_s", pa.float64()),
+        ("n_utterances", pa.int32()),
+        ("dissonance_rate", pa.float64()),
+        ("config_hash", pa.string()),
+        ("input_fingerprint", pa.string()),
+        ("models", pa.string()),  # JSON: slot -> {name, source, version}
+        ("wall_s", pa.float64()),
+    ]
+)
+
+UTTERANCES = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("utt_id", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("speaker", pa.string()),
+        ("role", pa.string()),  # therapist | client | unknown
+        ("text", pa.string()),
+        ("words", pa.list_(WORD)),
+        ("asr_logprob", pa.float64()),
+        ("face_coverage", pa.float64()),
+        ("face_probs", pa.list_(pa.float32(), len(LABELS))),
+        ("face_valence", pa.float64()),
+        ("face_arousal", pa.float64()),
+        ("voice_probs", pa.list_(pa.float32(), len(LABELS))),
+        ("voice_valence", pa.float64()),
+        ("voice_arousal", pa.float64()),
+        ("prosody", PROSODY),
+        ("dissonance", pa.bool_()),
+        ("dissonance_score", pa.float64()),
+    ]
+)
+
+TABLES = {"sessions": SESSIONS, "utterances": UTTERANCES}
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (missing keys become null) as a table that matches ``schema`` exactly."""
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write a Parquet file so that readers see either nothing or the complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def part_paths(out_dir: Path, session_id: str) -> dict[str, Path]:
+    """Where one session's part files live (one per table)."""
+    return {name: out_dir / "parts" / f"{session_id}.{name}.parquet" for name in TABLES}
+
+
+def write_session_parts(out_dir: Path, session_id: str, tables: dict[str, pa.Table]) -> None:
+    """Write a finished session's parts; the sessions part goes last so it marks completion."""
+    paths = part_paths(out_dir, session_id)
+    for name in sorted(tables, key=lambda n: n == "sessions"):
+        write_atomic(tables[name], paths[name])
+
+
+def read_session_part(out_dir: Path, session_id: str) -> dict | None:
+    """The finished session's row from an earlier run, or None when there is none."""
+    path = part_paths(out_dir, session_id)["sessions"]
+    if not path.exists():
+        return None
+    rows = pq.read_table(path).to_pylist()
+    return rows[0] if rows else None
+
+
+def merge_parts(out_dir: Path, session_ids: list[str]) -> dict[str, Path]:
+    """Build the run's tables from the given sessions' parts, in input order."""
+    written = {}
+    for name, schema in TABLES.items():
+        pieces = []
+        for sid in session_ids:
+            path = part_paths(out_dir, sid)[name]
+            if path.exists():
+                pieces.append(pq.read_table(path).cast(schema))
+        table = pa.concat_tables(pieces) if pieces else schema.empty_table()
+        written[name] = write_atomic(table, out_dir / f"{name}.parquet")
+    return written

@@ -1,0 +1,88 @@
+"""End to end: `emoguide run` through a real local Ray instance on real GRID clips and a corrupt file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from ray_jobs.tables import SESSIONS, UTTERANCES
+from textnorm import grid_sentence, normalise, wer
+
+pytestmark = pytest.mark.slow
+
+
+def _emoguide(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("emoguide") or os.path.join(os.path.dirname(sys.executable), "emoguide")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, grid_dir):
+    inputs = tmp_path_factory.mktemp("in")
+    for clip in ("bbaf2n.mpg", "lbax4n.mpg"):
+        shutil.copy(grid_dir / clip, inputs / clip)
+    (inputs / "broken.mp4").write_bytes(os.urandom(8192))
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = _emoguide("run", str(inputs), "--out", str(out), "--quiet")
+    return inputs, out, proc
+
+
+def test_exit_code_and_summary(run_dir):
+    _, out, proc = run_dir
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one session failed
+    assert "sessions: 2 ok, 1 failed" in proc.stdout
+    assert "real-time factor" in proc.stdout and str(out) in proc.stdout
+
+
+def test_tables_follow_the_contract(run_dir):
+    inputs, out, _ = run_dir
+    sessions = pq.read_table(out / "sessions.parquet")
+    utterances = pq.read_table(out / "utterances.parquet")
+    assert sessions.schema.names[: len(SESSIONS.names)] == SESSIONS.names
+    assert utterances.schema.names[: len(UTTERANCES.names)] == UTTERANCES.names
+    by_id = {r["session_id"]: r for r in sessions.to_pylist()}
+    assert set(by_id) == {"bbaf2n", "lbax4n", "broken"}
+    broken = by_id["broken"]
+    assert broken["status"] == "failed" and broken["failed_stage"] == "decode"
+    assert "broken.mp4" in broken["error"] and "not a readable media container" in broken["error"]
+    for sid in ("bbaf2n", "lbax4n"):
+        row = by_id[sid]
+        assert row["status"] == "ok" and row["error"] is None
+        assert 2.9 < row["duration_s"] < 3.1 and row["n_utterances"] >= 1
+        assert row["config_hash"] and '"asr"' in row["models"]
+        utts = [u for u in utterances.to_pylist() if u["session_id"] == sid]
+        assert len(utts) == row["n_utterances"]
+        text = " ".join(u["text"] for u in utts)
+        assert wer(grid_sentence(sid), normalise(text)) <= 0.5
+        for u in utts:
+            assert 0 <= u["start_s"] < u["end_s"] <= row["duration_s"] + 0.05
+            assert u["role"] == "unknown" and u["words"]
+    # files are private to their owner
+    for name in ("sessions.parquet", "utterances.parquet"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
+
+
+def test_rerun_resumes_without_redoing_finished_sessions(run_dir):
+    inputs, out, _ = run_dir
+    before = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
+    proc = _emoguide("run", str(inputs), "--out", str(out), "--quiet")
+    assert proc.returncode == 1
+    assert "2 already complete, skipped" in proc.stdout
+    after = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
+    assert after["bbaf2n"] == before["bbaf2n"]  # untouched, same wall_s
+    assert after["broken"]["status"] == "failed"  # failed sessions are retried, and fail again
+    assert pq.read_table(out / "utterances.parquet").num_rows == sum(r["n_utterances"] for r in after.values())
+
+
+def test_no_transcript_in_output_logs(run_dir):
+    _, out, proc = run_dir
+    texts = [u["text"] for u in pq.read_table(out / "utterances.parquet").to_pylist()]
+    assert texts
+    for text in texts:
+        assert text not in proc.stdout and text not in proc.stderr
