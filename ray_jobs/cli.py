@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    models = sub.add_parser("models", help="list or fetch model weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="each slot's models, where their weights resolve, size and licence")
+    fetch = models_sub.add_parser("fetch", help="download a production model into the cache (needs network)")
+    fetch.add_argument("name", help="model name from `emoguide models list`")
     return parser
 
 
@@ -82,12 +88,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if failed == 0 and partial == 0 else 1
 
 
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models import registry
+
+    if args.models_command == "fetch":
+        path = registry.fetch(args.name)
+        print(f"{args.name}: {path} ({_size(path) / 2**20:.1f} MiB)")
+        return 0
+    defaults = {spec.slot: registry.default_model(spec.slot) for spec in registry.SPECS.values()}
+    print(f"{'slot':<18} {'model':<28} {'where':<9} {'MiB':>8}  licence / location")
+    for spec in registry.SPECS.values():
+        try:
+            found = registry.resolve(spec.slot, spec.name)
+            where, size, location = found.source, f"{_size(found.path) / 2**20:.1f}", str(found.path)
+        except registry.ModelNotFoundError:
+            where, size, location = "missing", "-", f"`emoguide models fetch {spec.name}`"
+        mark = "*" if defaults[spec.slot] == spec.name else " "
+        print(f"{spec.slot:<18} {mark}{spec.name:<27} {where:<9} {size:>8}  {spec.licence}; {location}")
+    print("\n* offline default of its slot")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "models":
+            return cmd_models(args)
     except (ConfigError, InputError, ModelNotFoundError) as exc:
         print(f"emoguide: error: {exc}", file=sys.stderr)
         return 2

@@ -53,9 +53,33 @@ class AsrConfig:
 
 
 @dataclass
+class FaceConfig:
+    detector: str = "blazeface-short-range"
+    detector_path: str | None = None
+    emotion: str = "fer-mini-xception"
+    emotion_path: str | None = None
+    min_score: float = 0.5  # detector confidence below which a face is not a face
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
+
+
+@dataclass
+class VoiceConfig:
+    model: str = "egemaps-ravdess-logreg"
+    path: str | None = None
+    device: str = "cpu"  # for transformers speech-emotion models
+    min_speaker_utterances: int = 8  # per-speaker normalisation needs this many utterances of a speaker
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
+
+
+STAGES = ("decode", "asr", "face", "voice")
+
+
+@dataclass
 class RunConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
 
     def config_hash(self) -> str:
@@ -133,7 +157,9 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"decode.chunk_s must be at least 5 s, got {config.decode.chunk_s}")
     if config.decode.max_side < 64:
         raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
-    for stage in ("decode", "asr"):
+    if not 0.0 < config.face.min_score < 1.0:
+        raise ConfigError(f"face.min_score must be in (0, 1), got {config.face.min_score}")
+    for stage in STAGES:
         r: Resources = getattr(config, stage).resources
         if r.num_cpus < 0 or r.num_gpus < 0:
             raise ConfigError(f"{stage}.resources: num_cpus and num_gpus must be >= 0")

@@ -1,6 +1,7 @@
 """The Ray Data graph of a run and the driver loop that turns its stream into output tables.
 
-Graph: sessions → decode (tasks, streaming chunks) → ASR (actor pool) → drop heavy columns → driver.
+Graph: sessions → decode (tasks, streaming chunks) → face (actor pool) → ASR (actor pool) → voice
+(actor pool) → driver. Stages overlap: while ASR works on one chunk, face works on the next.
 Each stage declares its resources from the run config, so the same graph runs on a laptop, on one
 GPU box (fractional GPUs) or on a cluster. The driver groups chunk results by session as they stream
 in and writes a session's part files as soon as its last chunk is back, so results appear while the
@@ -20,11 +21,12 @@ from typing import Any
 
 import ray
 
-from models.registry import resolve
+from models.registry import ResolvedModel, resolve
+from models.voice import VoiceEmotion
 from ray_jobs.config import Resources, RunConfig
 from ray_jobs.inputs import SessionInput, fingerprint
 from ray_jobs.reduce import reduce_session
-from ray_jobs.stages import AsrStage, decode_session, drop_heavy
+from ray_jobs.stages import AsrStage, FaceStage, VoiceStage, decode_session, is_transformers_model
 from ray_jobs.tables import SESSIONS, UTTERANCES, merge_parts, read_session_part, to_table, write_session_parts
 
 log = logging.getLogger("emoguide")
@@ -51,10 +53,15 @@ class RunSummary:
         return sum(s["n_utterances"] or 0 for s in self.sessions)
 
 
-def model_records(config: RunConfig) -> dict[str, dict[str, str]]:
-    """Resolve every configured model up front: fails fast, and records what will run."""
-    asr = resolve("asr", config.asr.model, config.asr.path, allow_network=config.allow_network)
-    return {"asr": asr.record()}
+def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
+    """Resolve every configured model up front: fails fast, before Ray starts work, and records what runs."""
+    net = config.allow_network
+    return {
+        "asr": resolve("asr", config.asr.model, config.asr.path, allow_network=net),
+        "face_detector": resolve("face_detector", config.face.detector, config.face.detector_path, allow_network=net),
+        "face_emotion": resolve("face_emotion", config.face.emotion, config.face.emotion_path, allow_network=net),
+        "voice_emotion": resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=net),
+    }
 
 
 def _actor_args(r: Resources) -> dict[str, Any]:
@@ -70,8 +77,10 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.D
     items = [{"session_id": s.session_id, "path": s.path} for s in sessions]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus)
+    # Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
+    ds = ds.map(FaceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.face.resources))
     ds = ds.map(AsrStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.asr.resources))
-    return ds.map(drop_heavy, num_cpus=0.05)
+    return ds.map(VoiceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.voice.resources))
 
 
 def run_pipeline(
@@ -90,7 +99,14 @@ def run_pipeline(
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     summary = RunSummary(out_dir)
     config_hash = config.config_hash()
-    models_json = json.dumps(model_records(config), sort_keys=True)
+    models = resolve_models(config)
+    models_json = json.dumps({slot: m.record() for slot, m in models.items()}, sort_keys=True)
+    voice_model = models["voice_emotion"]
+    voice = (
+        None
+        if is_transformers_model(voice_model.path)
+        else VoiceEmotion(voice_model, min_speaker_utterances=config.voice.min_speaker_utterances)
+    )
 
     todo: list[SessionInput] = []
     meta: dict[str, dict[str, Any]] = {}
@@ -128,7 +144,7 @@ def run_pipeline(
                 expected[sid] = int(row["chunk_index"]) + 1
             if expected.get(sid) == len(pending[sid]):
                 session_row, utterances = reduce_session(
-                    {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid)
+                    {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid), voice
                 )
                 _finish(out_dir, summary, session_row, utterances, total, on_session)
         finished = {row["session_id"] for row in summary.sessions}
@@ -136,7 +152,7 @@ def run_pipeline(
             # chunks that never came back: the session is recorded as failed, never silently dropped
             lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "pipeline",
                     "error": "not all chunks came back from the pipeline"}
-            session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost])
+            session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost], voice)
             _finish(out_dir, summary, session_row, utterances, total, on_session)
 
     merge_parts(out_dir, [s.session_id for s in sessions])

@@ -9,17 +9,17 @@ so only small per-chunk results travel back to the driver.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.asr import Transcriber
+from models.face import FaceAnalyzer
+from models.voice import EgemapsExtractor, TransformersVoiceEmotion
 from models.registry import resolve
 from ray_jobs.config import RunConfig
-from ray_jobs.media import MediaError, iter_chunks
-
-HEAVY_COLUMNS = ("audio", "frames")
-
+from ray_jobs.media import SAMPLE_RATE, MediaError, iter_chunks
 
 def _failed(row: dict[str, Any], stage: str, exc: BaseException) -> dict[str, Any]:
     reason = str(exc) if isinstance(exc, MediaError) else f"{type(exc).__name__}: {exc}"
@@ -78,6 +78,75 @@ class AsrStage:
         return row
 
 
-def drop_heavy(row: dict[str, Any]) -> dict[str, Any]:
-    """Last map before the driver: keep only the small per-chunk results."""
-    return {k: v for k, v in row.items() if k not in HEAVY_COLUMNS}
+class FaceStage:
+    """Per sampled frame: the main face, its emotion probabilities and valence/arousal.
+
+    Frames are dropped here: only small per-frame arrays travel on.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        c = config.face
+        self.analyzer = FaceAnalyzer(
+            resolve("face_detector", c.detector, c.detector_path, allow_network=config.allow_network),
+            resolve("face_emotion", c.emotion, c.emotion_path, allow_network=config.allow_network),
+            min_score=c.min_score,
+        )
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        frames = row.get("frames")
+        row = {k: v for k, v in row.items() if k != "frames"}
+        if row.get("error"):
+            return row
+        try:
+            faces = self.analyzer.analyze(frames)
+        except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
+            return _failed(row, "face", exc)
+        row.update(
+            face_found=faces.found, face_boxes=faces.boxes, face_scores=faces.scores,
+            face_probs=faces.probs, face_valence=faces.valence, face_arousal=faces.arousal,
+        )
+        return row
+
+    def __del__(self) -> None:
+        analyzer = getattr(self, "analyzer", None)
+        if analyzer is not None:
+            analyzer.close()
+
+
+def is_transformers_model(path: Path) -> bool:
+    """Speech-emotion checkpoints in Hugging Face format are folders; the offline default is one .npz file."""
+    return path.is_dir()
+
+
+class VoiceStage:
+    """Per utterance: eGeMAPS functionals (prosody, and the offline emotion model's input).
+
+    The offline eGeMAPS classifier itself runs in the session reducer, because it normalises each
+    speaker with statistics over the whole session. A transformers speech-emotion model (production)
+    needs the audio, so it runs here and its probabilities travel on. Audio is dropped here.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        c = config.voice
+        model = resolve("voice_emotion", c.model, c.path, allow_network=config.allow_network)
+        self.extractor = EgemapsExtractor()
+        self.ser = TransformersVoiceEmotion(model, device=c.device) if is_transformers_model(model.path) else None
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        audio = row.get("audio")
+        row = {k: v for k, v in row.items() if k != "audio"}
+        if row.get("error"):
+            return row
+        try:
+            start = float(row["start_s"])
+            pieces = [
+                audio[max(0, int((s["start"] - start) * SAMPLE_RATE)) : max(0, int((s["end"] - start) * SAMPLE_RATE))]
+                for s in row["segments"]
+            ]
+            row["voice_features"] = self.extractor.features(pieces).reshape(len(pieces), -1)
+            if self.ser is not None:
+                result = self.ser.predict(pieces)
+                row.update(voice_probs=result.probs, voice_valence=result.valence, voice_arousal=result.arousal)
+        except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
+            return _failed(row, "voice", exc)
+        return row

@@ -17,19 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.emotion import LABELS
+from models.voice import PROSODY_KEYS
 
 WORD = pa.struct(
     [("start", pa.float64()), ("end", pa.float64()), ("word", pa.string()), ("probability", pa.float64())]
-)
-PROSODY_KEYS = (
-    "f0_mean_hz",
-    "f0_mean_semitones",
-    "f0_range_semitones",
-    "loudness_mean",
-    "jitter_local",
-    "shimmer_local_db",
-    "hnr_db",
-    "speaking_rate",
 )
 PROSODY = pa.struct([(k, pa.float64()) for k in PROSODY_KEYS])
 

