@@ -34,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    ev = sub.add_parser("eval", help="measure model accuracy on labelled data")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    perception = ev_sub.add_parser("perception", help="voice accuracy on RAVDESS files, face detection on videos")
+    perception.add_argument("--ravdess", type=Path, help="folder of RAVDESS-named audio files")
+    perception.add_argument("--actors", default="13-18", help="RAVDESS actors to score (default: held-out 13-18)")
+    perception.add_argument("--videos", type=Path, nargs="*", default=[], help="videos or folders for the face check")
+    perception.add_argument("--fps", type=float, default=2.0)
+    perception.add_argument("--json", type=Path, help="also write the full report here")
+    roles = ev_sub.add_parser("roles", help="therapist/client assignment on AnnoMI-format transcripts")
+    roles.add_argument("--annomi", type=Path, required=True, help="AnnoMI CSV (roles are hidden from the model)")
+    roles.add_argument("--json", type=Path, help="also write the full report here")
+
     models = sub.add_parser("models", help="list or fetch model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="each slot's models, where their weights resolve, size and licence")
@@ -113,6 +125,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    if args.eval_command == "perception":
+        from ray_jobs import evaluation
+        from ray_jobs.inputs import collect_sessions
+
+        report: dict = {}
+        if args.ravdess:
+            files = evaluation.ravdess_files(args.ravdess, evaluation.parse_actors(args.actors))
+            if not files:
+                raise InputError(f"no RAVDESS files for actors {args.actors} under {args.ravdess}")
+            report["voice"] = evaluation.evaluate_voice(files)
+        if args.videos:
+            videos = [Path(s.path) for s in collect_sessions([str(v) for v in args.videos])]
+            report["face"] = evaluation.evaluate_face(videos, fps=args.fps)
+        if not report:
+            raise InputError("give --ravdess and/or --videos")
+        print(evaluation.format_perception(report))
+    else:
+        from ray_jobs.roles import evaluate_annomi
+
+        report = evaluate_annomi(args.annomi)
+        print(f"sessions {report['sessions']}: session accuracy {report['session_accuracy']:.3f}, "
+              f"utterance accuracy {report['utterance_accuracy']:.3f}, abstained {report['abstained']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -121,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "eval":
+            return cmd_eval(args)
     except (ConfigError, InputError, ModelNotFoundError) as exc:
         print(f"emoguide: error: {exc}", file=sys.stderr)
         return 2
