@@ -71,6 +71,11 @@ class VoiceConfig:
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
 
 
+@dataclass
+class DissonanceConfig:
+    threshold: float = 0.5  # the paper's rule: max(|dV|, |dA|) > threshold
+
+
 STAGES = ("decode", "asr", "face", "voice")
 
 
@@ -80,6 +85,7 @@ class RunConfig:
     asr: AsrConfig = field(default_factory=AsrConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
+    dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
 
     def config_hash(self) -> str:
@@ -157,6 +163,8 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"decode.chunk_s must be at least 5 s, got {config.decode.chunk_s}")
     if config.decode.max_side < 64:
         raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
+    if not 0.0 < config.dissonance.threshold < 2.0:
+        raise ConfigError(f"dissonance.threshold must be in (0, 2), got {config.dissonance.threshold}")
     if not 0.0 < config.face.min_score < 1.0:
         raise ConfigError(f"face.min_score must be in (0, 1), got {config.face.min_score}")
     for stage in STAGES:

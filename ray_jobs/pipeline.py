@@ -144,7 +144,8 @@ def run_pipeline(
                 expected[sid] = int(row["chunk_index"]) + 1
             if expected.get(sid) == len(pending[sid]):
                 session_row, utterances = reduce_session(
-                    {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid), voice
+                    {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid), voice,
+                    config.dissonance.threshold,
                 )
                 _finish(out_dir, summary, session_row, utterances, total, on_session)
         finished = {row["session_id"] for row in summary.sessions}
@@ -152,7 +153,8 @@ def run_pipeline(
             # chunks that never came back: the session is recorded as failed, never silently dropped
             lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "pipeline",
                     "error": "not all chunks came back from the pipeline"}
-            session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost], voice)
+            session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost], voice,
+                                                   config.dissonance.threshold)
             _finish(out_dir, summary, session_row, utterances, total, on_session)
 
     merge_parts(out_dir, [s.session_id for s in sessions])

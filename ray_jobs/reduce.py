@@ -17,6 +17,7 @@ import numpy as np
 from models.emotion import LABELS
 from models.face import FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
+from ray_jobs import dissonance
 
 
 def session_status(chunks: list[dict[str, Any]]) -> tuple[str, str | None, str | None]:
@@ -88,13 +89,17 @@ def session_faces(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, FaceFrames]
 
 
 def reduce_session(
-    session: dict[str, Any], chunks: list[dict[str, Any]], voice: VoiceEmotion | None = None
+    session: dict[str, Any],
+    chunks: list[dict[str, Any]],
+    voice: VoiceEmotion | None = None,
+    threshold: float = dissonance.DEFAULT_THRESHOLD,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``sessions`` row and ``utterances`` rows of one session.
 
     ``session`` carries the run-level fields (session_id, source_path, config_hash, models, ...);
     ``chunks`` are the stage outputs of this session in any order; ``voice`` is the offline eGeMAPS
-    emotion model (None when a transformers model already scored the utterances in the stage).
+    emotion model (None when a transformers model already scored the utterances in the stage);
+    ``threshold`` is the dissonance rule's valence/arousal gap.
     """
     chunks = sorted(chunks, key=lambda c: c["chunk_index"])
     status, error, stage = session_status(chunks)
@@ -108,6 +113,7 @@ def reduce_session(
         result = voice.predict(features, [u["speaker"] for u in utterances])
         for i, utt in enumerate(utterances):
             utt.update(_voice_columns(result.probs[i], result.valence[i], result.arousal[i]))
+    dissonance.annotate(utterances, threshold)
 
     usable = [c for c in chunks if not c.get("error")]
     note = "no speech found" if status == "ok" and not utterances else None
@@ -119,6 +125,6 @@ def reduce_session(
         "note": note,
         "duration_s": max((float(c["end_s"]) for c in usable), default=None),
         "n_utterances": len(utterances),
-        "dissonance_rate": None,
+        **dissonance.session_summary(utterances),
     }
     return row, utterances

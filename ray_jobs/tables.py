@@ -24,6 +24,11 @@ WORD = pa.struct(
 )
 PROSODY = pa.struct([(k, pa.float64()) for k in PROSODY_KEYS])
 
+MOMENT = pa.struct(
+    [("utt_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("score", pa.float64()),
+     ("label", pa.string())]
+)
+
 SESSIONS = pa.schema(
     [
         ("session_id", pa.string()),
@@ -35,6 +40,9 @@ SESSIONS = pa.schema(
         ("duration_s", pa.float64()),
         ("n_utterances", pa.int32()),
         ("dissonance_rate", pa.float64()),
+        ("dissonance_longest_run", pa.int32()),  # consecutive dissonant client utterances
+        ("dissonance_longest_run_s", pa.float64()),
+        ("dissonance_top", pa.list_(MOMENT)),  # the most dissonant moments, by score
         ("config_hash", pa.string()),
         ("input_fingerprint", pa.string()),
         ("models", pa.string()),  # JSON: slot -> {name, source, version}
@@ -63,6 +71,7 @@ UTTERANCES = pa.schema(
         ("prosody", PROSODY),
         ("dissonance", pa.bool_()),
         ("dissonance_score", pa.float64()),
+        ("dissonance_label", pa.string()),  # direction, e.g. "happy face, distressed voice"
     ]
 )
 
