@@ -143,7 +143,7 @@ class VoiceStage:
                 audio[max(0, int((s["start"] - start) * SAMPLE_RATE)) : max(0, int((s["end"] - start) * SAMPLE_RATE))]
                 for s in row["segments"]
             ]
-            row["voice_features"] = self.extractor.features(pieces).reshape(len(pieces), -1)
+            row["voice_features"] = self.extractor.features(pieces)
             if self.ser is not None:
                 result = self.ser.predict(pieces)
                 row.update(voice_probs=result.probs, voice_valence=result.valence, voice_arousal=result.arousal)
