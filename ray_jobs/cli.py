@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--redact", action="store_true", help="replace names, places, numbers, e-mails in transcripts")
+    run.add_argument("--log-content", action="store_true",
+                     help="also print each finished session's transcript (off by default: sessions are health data)")
 
     ev = sub.add_parser("eval", help="measure model accuracy on labelled data")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
@@ -54,6 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A closed loopback port: plain HTTP(S) clients that honour proxy variables (requests, urllib, gRPC)
+# fail at once instead of reaching the network. Ray's dashboard, for one, probes the cloud metadata
+# address 169.254.169.254 at start-up even with usage stats off.
+_BLACKHOLE_PROXY = "http://127.0.0.1:9"
+
+
+def guard_network() -> None:
+    """Keep a run offline: no hub lookups, no Ray usage reporting, no stray HTTP to the network.
+
+    Set before Ray starts, so every Ray process and worker inherits it. Loopback stays reachable.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        os.environ[name] = _BLACKHOLE_PROXY
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost,127.0.0.1,::1"
+
+
 def _start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
     import ray
 
@@ -62,10 +83,12 @@ def _start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return
+    # Loopback only: a local run opens no port on the machine's network interfaces.
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         logging_level=logging.WARNING,
+        _node_ip_address="127.0.0.1",
         _temp_dir=os.environ.get("RAY_TMPDIR"),
     )
 
@@ -75,15 +98,33 @@ def _print_session(row: dict, done: int, total: int) -> None:
     print(f"[{done}/{total}] {row['session_id']}: {row['status']} ({detail})", file=sys.stderr, flush=True)
 
 
+def _print_session_with_content(out_dir: Path):
+    """``--log-content``: the progress line, then the session's transcript, read back from its part file."""
+    import pyarrow.parquet as pq
+
+    from ray_jobs.tables import part_paths
+
+    def show(row: dict, done: int, total: int) -> None:
+        _print_session(row, done, total)
+        path = part_paths(out_dir, row["session_id"])["utterances"]
+        for utt in pq.read_table(path, columns=["start_s", "role", "text"]).to_pylist() if path.exists() else []:
+            print(f"    {utt['start_s']:8.2f} {utt['role']:<9} {utt['text']}", file=sys.stderr)
+
+    return show
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ray_jobs.pipeline import run_pipeline
 
-    config = load_config(args.config)
+    config = load_config(args.config, {"redact": True} if args.redact else None)
     sessions = collect_sessions(args.inputs)
+    if not config.allow_network:
+        guard_network()
     started = time.monotonic()
     _start_ray(args.address, args.num_cpus, args.quiet)
     try:
-        summary = run_pipeline(sessions, args.out, config, force=args.force, on_session=_print_session)
+        on_session = _print_session_with_content(args.out) if args.log_content else _print_session
+        summary = run_pipeline(sessions, args.out, config, force=args.force, on_session=on_session)
     finally:
         import ray
 

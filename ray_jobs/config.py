@@ -30,6 +30,8 @@ class Resources:
     num_gpus: float = 0.0
     min_actors: int = 1
     max_actors: int = 1
+    max_restarts: int = 3  # a crashed actor is restarted this often (Ray Data's default is forever)
+    max_task_retries: int = 2  # and the chunk it held is retried this often, then its session fails
 
 
 @dataclass
@@ -87,6 +89,7 @@ class RunConfig:
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
+    redact: bool = False  # replace names, places, numbers, e-mails in transcripts (ray_jobs/redact.py)
 
     def config_hash(self) -> str:
         """Fingerprint of every result-affecting setting (resources excluded)."""

@@ -69,11 +69,18 @@ def _actor_args(r: Resources) -> dict[str, Any]:
         "compute": ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
         "num_cpus": r.num_cpus,
         "num_gpus": r.num_gpus,
+        # Bounded: an input that crashes its worker every time must fail its session, not loop forever.
+        # (Passed as Ray remote args, the only way Ray Data 2.60 accepts them.)
+        "max_restarts": r.max_restarts,
+        "max_task_retries": r.max_task_retries,
     }
 
 
 def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.Dataset:
     """The lazy Ray Data graph for ``sessions``; nothing runs until it is iterated."""
+    # A chunk whose task or actor crashes past its retries is dropped instead of aborting the run: its
+    # session is then recorded as failed ("not all chunks came back"), and every other session completes.
+    ray.data.DataContext.get_current().max_errored_blocks = -1
     items = [{"session_id": s.session_id, "path": s.path} for s in sessions]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus)
@@ -145,7 +152,7 @@ def run_pipeline(
             if expected.get(sid) == len(pending[sid]):
                 session_row, utterances = reduce_session(
                     {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid), voice,
-                    config.dissonance.threshold,
+                    config.dissonance.threshold, config.redact,
                 )
                 _finish(out_dir, summary, session_row, utterances, total, on_session)
         finished = {row["session_id"] for row in summary.sessions}
@@ -154,7 +161,7 @@ def run_pipeline(
             lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "pipeline",
                     "error": "not all chunks came back from the pipeline"}
             session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost], voice,
-                                                   config.dissonance.threshold)
+                                                   config.dissonance.threshold, config.redact)
             _finish(out_dir, summary, session_row, utterances, total, on_session)
 
     merge_parts(out_dir, [s.session_id for s in sessions])

@@ -18,6 +18,7 @@ from models.emotion import LABELS
 from models.face import FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
 from ray_jobs import dissonance
+from ray_jobs.redact import redact, redact_words
 
 
 def session_status(chunks: list[dict[str, Any]]) -> tuple[str, str | None, str | None]:
@@ -30,8 +31,14 @@ def session_status(chunks: list[dict[str, Any]]) -> tuple[str, str | None, str |
     return ("partial" if usable_before else "failed"), first["error"], first.get("failed_stage")
 
 
-def build_utterances(session_id: str, chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """One row per ASR segment of the usable chunks, ids in time order, and their eGeMAPS features (N × 88)."""
+def build_utterances(
+    session_id: str, chunks: list[dict[str, Any]], redact_text: bool = False
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """One row per ASR segment of the usable chunks, ids in time order, and their eGeMAPS features (N × 88).
+
+    With ``redact_text`` the text and word tokens are redacted here, before anything downstream
+    (tables, prompts, logs) can see them.
+    """
     rows: list[dict[str, Any]] = []
     features: list[np.ndarray] = []
     for chunk in chunks:
@@ -46,8 +53,8 @@ def build_utterances(session_id: str, chunks: list[dict[str, Any]]) -> tuple[lis
                 "end_s": float(seg["end"]),
                 "speaker": None,
                 "role": "unknown",
-                "text": seg["text"],
-                "words": list(seg["words"]),
+                "text": redact(seg["text"]) if redact_text else seg["text"],
+                "words": redact_words(list(seg["words"])) if redact_text else list(seg["words"]),
                 "asr_logprob": float(seg["avg_logprob"]),
             }
             if ser:
@@ -93,17 +100,18 @@ def reduce_session(
     chunks: list[dict[str, Any]],
     voice: VoiceEmotion | None = None,
     threshold: float = dissonance.DEFAULT_THRESHOLD,
+    redact_text: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``sessions`` row and ``utterances`` rows of one session.
 
     ``session`` carries the run-level fields (session_id, source_path, config_hash, models, ...);
     ``chunks`` are the stage outputs of this session in any order; ``voice`` is the offline eGeMAPS
     emotion model (None when a transformers model already scored the utterances in the stage);
-    ``threshold`` is the dissonance rule's valence/arousal gap.
+    ``threshold`` is the dissonance rule's valence/arousal gap; ``redact_text`` applies ``--redact``.
     """
     chunks = sorted(chunks, key=lambda c: c["chunk_index"])
     status, error, stage = session_status(chunks)
-    utterances, features = build_utterances(session["session_id"], chunks)
+    utterances, features = build_utterances(session["session_id"], chunks, redact_text)
 
     frame_times, faces = session_faces(chunks)
     for utt, pros in zip(utterances, prosody(features), strict=True):
