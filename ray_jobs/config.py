@@ -100,6 +100,51 @@ class RunConfig:
         return asdict(self)
 
 
+# Presets set devices and resources for a kind of cluster; a config file and the command line override
+# them. gpu-1 shares one GPU between the perception stages with fractions; gpu-n gives every stage an
+# autoscaling pool of up to one actor per GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "gpu-1": {
+        "decode": {"resources": {"num_cpus": 1.0}},
+        "asr": {"device": "cuda", "compute_type": "float16", "cpu_threads": 4,
+                "resources": {"num_cpus": 1.0, "num_gpus": 0.4}},
+        "face": {"resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
+        "voice": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
+    },
+}
+PRESET_NAMES = ("auto", "cpu", "gpu-1", "gpu-n")
+
+
+def preset_overrides(name: str, num_gpus: float) -> dict[str, Any]:
+    """The settings of a preset on a cluster with ``num_gpus`` GPUs (gpu-n scales its pools with them)."""
+    if name == "gpu-n":
+        n = max(1, int(num_gpus))
+        preset = copy.deepcopy(PRESETS["gpu-1"])
+        for stage in ("asr", "face", "voice"):
+            preset[stage]["resources"].update(min_actors=1, max_actors=n)
+        preset["asr"]["resources"]["num_gpus"] = 1.0
+        preset["decode"]["resources"]["num_cpus"] = 1.0
+        return preset
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESET_NAMES)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def choose_preset(requested: str, num_gpus: float) -> tuple[str, str]:
+    """(preset, reason): ``auto`` follows the GPUs Ray reports; a GPU preset without GPUs is an error."""
+    if requested == "auto":
+        if num_gpus <= 0:
+            return "cpu", "Ray reports no GPUs: using the cpu preset"
+        name = "gpu-1" if num_gpus < 2 else "gpu-n"
+        return name, f"Ray reports {num_gpus:g} GPU(s): using the {name} preset"
+    if requested.startswith("gpu") and num_gpus <= 0:
+        raise ConfigError(f"preset {requested!r} needs GPUs, but Ray reports none")
+    if requested not in PRESET_NAMES:
+        raise ConfigError(f"unknown preset {requested!r}; known: {', '.join(PRESET_NAMES)}")
+    return requested, f"using the {requested} preset"
+
+
 def _strip_resources(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_resources(v) for k, v in value.items() if k != "resources"}
@@ -141,9 +186,15 @@ def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the YAML file, then explicit overrides (from the command line)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults, then the preset, then the YAML file, then explicit overrides (from the command line)."""
     config = RunConfig()
+    if preset:
+        _merge(config, copy.deepcopy(preset), "")
     if path is not None:
         p = Path(path)
         try:

@@ -31,3 +31,18 @@ def data_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def grid_dir() -> Path:
     return data_path("grid")
+
+
+def kill_ray_processes(ray_tmp: str) -> None:
+    """Kill the Ray processes started with RAY_TMPDIR=ray_tmp (and only those: other tests keep theirs)."""
+    import signal
+
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue

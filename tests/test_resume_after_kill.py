@@ -14,21 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import kill_ray_processes
+
 pytestmark = pytest.mark.slow
-
-
-def _leftovers(ray_tmp: str) -> list[int]:
-    """Ray helper processes of the killed run (they carry its RAY_TMPDIR in their environment)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if f"RAY_TMPDIR={ray_tmp}".encode() in (proc / "environ").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _finished(out: Path) -> set[str]:
@@ -57,11 +45,7 @@ def test_sigkill_then_resume(tmp_path, grid_dir):
         proc.wait(30)
     finally:
         time.sleep(2)
-        for pid in _leftovers(ray_tmp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_ray_processes(ray_tmp)
     finished_before = _finished(out)
     assert 1 <= len(finished_before) < 6
     assert not (out / "sessions.parquet").exists()  # the merged tables are written only at the end
