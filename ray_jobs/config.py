@@ -74,11 +74,24 @@ class VoiceConfig:
 
 
 @dataclass
+class SpeakersConfig:
+    model: str = "campplus-zh-en"
+    path: str | None = None
+    device: str = "cpu"
+    num_speakers: int | None = None  # known count; otherwise estimated within [min, max]
+    min_speakers: int = 1  # 1 keeps a monologue one speaker; 2 helps when every session is a dialogue
+    max_speakers: int = 4
+    therapist_speaker: str | None = None  # e.g. "S1": overrides role assignment
+    min_role_confidence: float = 0.6  # below it every role is "unknown"
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
+
+
+@dataclass
 class DissonanceConfig:
     threshold: float = 0.5  # the paper's rule: max(|dV|, |dA|) > threshold
 
 
-STAGES = ("decode", "asr", "face", "voice")
+STAGES = ("decode", "asr", "face", "speakers", "voice")
 
 
 @dataclass
@@ -87,6 +100,7 @@ class RunConfig:
     asr: AsrConfig = field(default_factory=AsrConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
     redact: bool = False  # replace names, places, numbers, e-mails in transcripts (ray_jobs/redact.py)
@@ -111,6 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "resources": {"num_cpus": 1.0, "num_gpus": 0.4}},
         "face": {"resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
         "voice": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
+        "speakers": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
     },
 }
 PRESET_NAMES = ("auto", "cpu", "gpu-1", "gpu-n")
@@ -121,7 +136,7 @@ def preset_overrides(name: str, num_gpus: float) -> dict[str, Any]:
     if name == "gpu-n":
         n = max(1, int(num_gpus))
         preset = copy.deepcopy(PRESETS["gpu-1"])
-        for stage in ("asr", "face", "voice"):
+        for stage in ("asr", "face", "voice", "speakers"):
             preset[stage]["resources"].update(min_actors=1, max_actors=n)
         preset["asr"]["resources"]["num_gpus"] = 1.0
         preset["decode"]["resources"]["num_cpus"] = 1.0
@@ -219,6 +234,9 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
     if not 0.0 < config.dissonance.threshold < 2.0:
         raise ConfigError(f"dissonance.threshold must be in (0, 2), got {config.dissonance.threshold}")
+    sp = config.speakers
+    if not 1 <= sp.min_speakers <= sp.max_speakers or (sp.num_speakers is not None and sp.num_speakers < 1):
+        raise ConfigError("speakers: need 1 <= min_speakers <= max_speakers and num_speakers >= 1")
     if not 0.0 < config.face.min_score < 1.0:
         raise ConfigError(f"face.min_score must be in (0, 1), got {config.face.min_score}")
     for stage in STAGES:

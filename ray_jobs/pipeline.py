@@ -1,7 +1,7 @@
 """The Ray Data graph of a run and the driver loop that turns its stream into output tables.
 
-Graph: sessions → decode (tasks, streaming chunks) → face (actor pool) → ASR (actor pool) → voice
-(actor pool) → driver. Stages overlap: while ASR works on one chunk, face works on the next.
+Graph: sessions → decode (tasks, streaming chunks) → face (actor pool) → ASR (actor pool) → speaker
+embeddings (actor pool) → voice (actor pool) → driver. Stages overlap: while ASR works on one chunk, face works on the next.
 Each stage declares its resources from the run config, so the same graph runs on a laptop, on one
 GPU box (fractional GPUs) or on a cluster. The driver groups chunk results by session as they stream
 in and writes a session's part files as soon as its last chunk is back, so results appear while the
@@ -16,17 +16,20 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
 from models.registry import ResolvedModel, resolve
-from models.voice import VoiceEmotion
+from models.voice import EgemapsExtractor, VoiceEmotion
+from ray_jobs.media import SAMPLE_RATE, iter_chunks
 from ray_jobs.config import Resources, RunConfig
 from ray_jobs.inputs import SessionInput, fingerprint
 from ray_jobs.reduce import reduce_session
-from ray_jobs.stages import AsrStage, FaceStage, VoiceStage, decode_session, is_transformers_model
+from ray_jobs.stages import AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_transformers_model
 from ray_jobs.tables import SESSIONS, UTTERANCES, merge_parts, read_session_part, to_table, write_session_parts
 
 log = logging.getLogger("emoguide")
@@ -61,6 +64,8 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
         "face_detector": resolve("face_detector", config.face.detector, config.face.detector_path, allow_network=net),
         "face_emotion": resolve("face_emotion", config.face.emotion, config.face.emotion_path, allow_network=net),
         "voice_emotion": resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=net),
+        "speaker_embedding": resolve("speaker_embedding", config.speakers.model, config.speakers.path,
+                                     allow_network=net),
     }
 
 
@@ -87,6 +92,7 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.D
     # Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
     ds = ds.map(FaceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.face.resources))
     ds = ds.map(AsrStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.asr.resources))
+    ds = ds.map(SpeakerStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.speakers.resources))
     return ds.map(VoiceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.voice.resources))
 
 
@@ -139,6 +145,19 @@ def run_pipeline(
         }
 
     total = len(sessions)
+    paths = {s.session_id: s.path for s in todo}
+
+    def reduce(sid: str, chunks: list[dict[str, Any]], wall_s: float | None) -> None:
+        try:
+            session_row, utterances = reduce_session(
+                {**meta[sid], "wall_s": wall_s}, chunks, config, voice, partial(_span_features, paths[sid])
+            )
+        except Exception as exc:  # noqa: BLE001 - a reducer bug fails this session only
+            lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "reduce",
+                    "error": f"{type(exc).__name__}: {exc}"}
+            session_row, utterances = reduce_session({**meta[sid], "wall_s": wall_s}, [lost], config)
+        _finish(out_dir, summary, session_row, utterances, total, on_session)
+
     if todo:
         pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         expected: dict[str, int] = {}
@@ -150,23 +169,36 @@ def run_pipeline(
             if row["is_last"]:
                 expected[sid] = int(row["chunk_index"]) + 1
             if expected.get(sid) == len(pending[sid]):
-                session_row, utterances = reduce_session(
-                    {**meta[sid], "wall_s": time.monotonic() - first_seen[sid]}, pending.pop(sid), voice,
-                    config.dissonance.threshold, config.redact,
-                )
-                _finish(out_dir, summary, session_row, utterances, total, on_session)
+                reduce(sid, pending.pop(sid), time.monotonic() - first_seen[sid])
         finished = {row["session_id"] for row in summary.sessions}
         for sid in [s.session_id for s in todo if s.session_id not in finished]:
             # chunks that never came back: the session is recorded as failed, never silently dropped
             lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "pipeline",
                     "error": "not all chunks came back from the pipeline"}
-            session_row, utterances = reduce_session({**meta[sid], "wall_s": None}, pending.pop(sid, []) + [lost], voice,
-                                                   config.dissonance.threshold, config.redact)
-            _finish(out_dir, summary, session_row, utterances, total, on_session)
+            reduce(sid, pending.pop(sid, []) + [lost], None)
 
     merge_parts(out_dir, [s.session_id for s in sessions])
     summary.wall_s = time.monotonic() - started
     return summary
+
+
+def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:
+    """eGeMAPS features of time spans of a session, decoding its audio once more (only for utterances
+    made by splitting an ASR segment at a speaker change: the voice stage saw whole segments)."""
+    wanted: list[list[np.ndarray]] = [[] for _ in spans]
+    for chunk in iter_chunks(path, fps=1.0, chunk_s=60.0, max_side=64):
+        for i, (start, end) in enumerate(spans):
+            a = max(0, int((start - chunk.start_s) * SAMPLE_RATE))
+            b = min(len(chunk.audio), int((end - chunk.start_s) * SAMPLE_RATE))
+            if b > a:
+                wanted[i].append(chunk.audio[a:b])
+    pieces = [np.concatenate(p) if p else np.zeros(0, np.float32) for p in wanted]
+    return _extractor().features(pieces)
+
+
+@lru_cache(maxsize=1)
+def _extractor() -> EgemapsExtractor:
+    return EgemapsExtractor()
 
 
 def _finish(

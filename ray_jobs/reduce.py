@@ -1,24 +1,39 @@
 """Per-session reduction: the chunk rows of one session become its output rows (no Ray here).
 
 The pipeline's stages work on chunks; once every chunk of a session has come back, this module
-assembles the session's utterances (ASR segments, in time order), attaches each channel's
-per-utterance values, and decides the session's status. A stage error on any chunk fails the session
-when nothing usable came before it, and makes it ``partial`` otherwise: work is never silently lost.
-Session-wide context is why this happens here and not in a stage: the offline voice model normalises
-each speaker with statistics over the whole session.
+
+1. clusters the session's speaker embeddings and gives every word a speaker (S0, S1, ...);
+2. splits ASR segments where the speaker changes, so one utterance has one speaker;
+3. assigns therapist / client roles from the whole session;
+4. attaches each channel's per-utterance values (face over the utterance's frames, voice from its
+   eGeMAPS features with per-speaker normalisation) and the dissonance;
+5. decides the session's status: a stage error on a chunk fails the session when nothing usable came
+   before it, and makes it ``partial`` otherwise: work is never silently lost.
+
+All of this needs the whole session (clustering, per-speaker statistics, roles), which is why it
+happens here and not in a stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from models.diarize import assign_words, cluster_speakers, split_by_speaker
 from models.emotion import LABELS
 from models.face import FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
 from ray_jobs import dissonance
+from ray_jobs.config import RunConfig
 from ray_jobs.redact import redact, redact_words
+from ray_jobs.roles import assign_roles
+
+N_EGEMAPS = 88
+# Features for utterance spans (start, end) in session seconds: used for utterances made by splitting
+# an ASR segment, whose own audio the voice stage never saw.
+SpanFeatures = Callable[[Sequence[tuple[float, float]]], np.ndarray]
 
 
 def session_status(chunks: list[dict[str, Any]]) -> tuple[str, str | None, str | None]:
@@ -31,42 +46,72 @@ def session_status(chunks: list[dict[str, Any]]) -> tuple[str, str | None, str |
     return ("partial" if usable_before else "failed"), first["error"], first.get("failed_stage")
 
 
+def _segments(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ASR segments of the usable chunks in time order, each with its voice stage outputs."""
+    out = []
+    for chunk in chunks:
+        features = np.asarray(chunk.get("voice_features"), dtype=np.float32).reshape(-1, N_EGEMAPS)
+        ser = chunk.get("voice_probs") is not None  # a transformers speech-emotion model ran in the stage
+        for i, seg in enumerate(chunk.get("segments") or []):
+            voice = (chunk["voice_probs"][i], chunk["voice_valence"][i], chunk["voice_arousal"][i]) if ser else None
+            out.append({**seg, "words": [dict(w) for w in seg["words"]], "features": features[i], "ser": voice})
+    return sorted(out, key=lambda s: (s["start"], s["end"]))
+
+
+def _speaker_windows(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    windows = [np.asarray(c["speaker_windows"], np.float64).reshape(-1, 2) for c in chunks if "speaker_windows" in c]
+    embeddings = [np.asarray(c["speaker_embeddings"], np.float32) for c in chunks if "speaker_embeddings" in c]
+    if not windows or not sum(len(w) for w in windows):
+        return np.zeros((0, 2)), np.zeros((0, 1), np.float32)
+    return np.concatenate(windows), np.concatenate([e.reshape(len(w), -1) for w, e in zip(windows, embeddings)])
+
+
+def diarize(segments: list[dict[str, Any]], windows: np.ndarray, embeddings: np.ndarray, config: RunConfig) -> int:
+    """Set ``speaker`` on every word of ``segments``; return the number of speakers found."""
+    words = [w for seg in segments for w in seg["words"]]
+    if not len(windows) or not words or not np.isfinite(embeddings).all(axis=1).any():
+        return 0
+    sp = config.speakers
+    labels = cluster_speakers(embeddings, sp.num_speakers, sp.min_speakers, sp.max_speakers)
+    for word, speaker in zip(words, assign_words(words, [tuple(w) for w in windows], labels), strict=True):
+        word["speaker"] = speaker
+    return len({w["speaker"] for w in words if w.get("speaker") is not None})
+
+
 def build_utterances(
-    session_id: str, chunks: list[dict[str, Any]], redact_text: bool = False
-) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """One row per ASR segment of the usable chunks, ids in time order, and their eGeMAPS features (N × 88).
+    session_id: str, segments: list[dict[str, Any]], redact_text: bool = False
+) -> tuple[list[dict[str, Any]], np.ndarray, list[int]]:
+    """Utterance rows (segments split at speaker changes), their eGeMAPS features, and the indices of
+    utterances that came from a split (their features are NaN until re-extracted).
 
     With ``redact_text`` the text and word tokens are redacted here, before anything downstream
     (tables, prompts, logs) can see them.
     """
     rows: list[dict[str, Any]] = []
     features: list[np.ndarray] = []
-    for chunk in chunks:
-        if chunk.get("error"):
-            continue
-        chunk_features = np.asarray(chunk.get("voice_features"), dtype=np.float32)
-        ser = chunk.get("voice_probs") is not None  # a transformers speech-emotion model ran in the stage
-        for i, seg in enumerate(chunk.get("segments") or []):
+    split: list[int] = []
+    for seg in segments:
+        parts = split_by_speaker(seg)
+        for part in parts:
+            if len(parts) > 1:
+                split.append(len(rows))
+            words = [{k: w[k] for k in ("start", "end", "word", "probability")} for w in part["words"]]
             row = {
                 "session_id": session_id,
-                "start_s": float(seg["start"]),
-                "end_s": float(seg["end"]),
-                "speaker": None,
-                "role": "unknown",
-                "text": redact(seg["text"]) if redact_text else seg["text"],
-                "words": redact_words(list(seg["words"])) if redact_text else list(seg["words"]),
+                "utt_id": f"{session_id}-u{len(rows):05d}",
+                "start_s": float(part["start"]),
+                "end_s": float(part["end"]),
+                "speaker": part["speaker"],
+                "text": redact(part["text"]) if redact_text else part["text"],
+                "words": redact_words(words) if redact_text else words,
                 "asr_logprob": float(seg["avg_logprob"]),
             }
-            if ser:
-                row.update(_voice_columns(chunk["voice_probs"][i], chunk["voice_valence"][i], chunk["voice_arousal"][i]))
+            if seg["ser"] is not None and len(parts) == 1:
+                row.update(_voice_columns(*seg["ser"]))
             rows.append(row)
-            features.append(chunk_features[i])
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["start_s"], rows[i]["end_s"]))
-    rows = [rows[i] for i in order]
-    for i, row in enumerate(rows):
-        row["utt_id"] = f"{session_id}-u{i:05d}"
-    matrix = np.stack([features[i] for i in order]) if rows else np.zeros((0, 88), np.float32)
-    return rows, matrix
+            features.append(seg["features"] if len(parts) == 1 else np.full(N_EGEMAPS, np.nan, np.float32))
+    matrix = np.stack(features) if rows else np.zeros((0, N_EGEMAPS), np.float32)
+    return rows, matrix, split
 
 
 def _voice_columns(probs: np.ndarray, valence: float, arousal: float) -> dict[str, Any]:
@@ -81,7 +126,7 @@ def _voice_columns(probs: np.ndarray, valence: float, arousal: float) -> dict[st
 
 def session_faces(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, FaceFrames]:
     """Per-frame face results of the whole session (frame times, FaceFrames), from its usable chunks."""
-    usable = [c for c in chunks if not c.get("error") and c.get("face_found") is not None]
+    usable = [c for c in chunks if c.get("face_found") is not None]
 
     def cat(key: str, width: int | None = None, dtype: type = np.float32) -> np.ndarray:
         tail = (width,) if width else ()
@@ -98,32 +143,40 @@ def session_faces(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, FaceFrames]
 def reduce_session(
     session: dict[str, Any],
     chunks: list[dict[str, Any]],
+    config: RunConfig,
     voice: VoiceEmotion | None = None,
-    threshold: float = dissonance.DEFAULT_THRESHOLD,
-    redact_text: bool = False,
+    span_features: SpanFeatures | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``sessions`` row and ``utterances`` rows of one session.
 
     ``session`` carries the run-level fields (session_id, source_path, config_hash, models, ...);
     ``chunks`` are the stage outputs of this session in any order; ``voice`` is the offline eGeMAPS
-    emotion model (None when a transformers model already scored the utterances in the stage);
-    ``threshold`` is the dissonance rule's valence/arousal gap; ``redact_text`` applies ``--redact``.
+    emotion model (None when a transformers model scored the utterances in the stage);
+    ``span_features`` re-extracts eGeMAPS features for utterances made by splitting a segment (their
+    voice columns stay null without it).
     """
     chunks = sorted(chunks, key=lambda c: c["chunk_index"])
     status, error, stage = session_status(chunks)
-    utterances, features = build_utterances(session["session_id"], chunks, redact_text)
+    usable = [c for c in chunks if not c.get("error")]
 
-    frame_times, faces = session_faces(chunks)
+    segments = _segments(usable)
+    n_speakers = diarize(segments, *_speaker_windows(usable), config)
+    utterances, features, split = build_utterances(session["session_id"], segments, config.redact)
+    if split and span_features is not None:
+        features[split] = span_features([(utterances[i]["start_s"], utterances[i]["end_s"]) for i in split])
+
+    roles = assign_roles(utterances, config.speakers.therapist_speaker, config.speakers.min_role_confidence)
+    frame_times, faces = session_faces(usable)
     for utt, pros in zip(utterances, prosody(features), strict=True):
+        utt["role"] = roles.role_for(utt["speaker"])
         utt.update(aggregate(frame_times, faces, utt["start_s"], utt["end_s"]))
         utt["prosody"] = pros
     if voice is not None and utterances:
         result = voice.predict(features, [u["speaker"] for u in utterances])
         for i, utt in enumerate(utterances):
             utt.update(_voice_columns(result.probs[i], result.valence[i], result.arousal[i]))
-    dissonance.annotate(utterances, threshold)
+    dissonance.annotate(utterances, config.dissonance.threshold)
 
-    usable = [c for c in chunks if not c.get("error")]
     note = "no speech found" if status == "ok" and not utterances else None
     row = {
         **session,
@@ -133,6 +186,8 @@ def reduce_session(
         "note": note,
         "duration_s": max((float(c["end_s"]) for c in usable), default=None),
         "n_utterances": len(utterances),
+        "n_speakers": n_speakers,
+        "role_confidence": roles.confidence if utterances else None,
         **dissonance.session_summary(utterances),
     }
     return row, utterances

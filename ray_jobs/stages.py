@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from models.asr import Transcriber
+from models.diarize import SpeakerEmbedder, cut_windows, speech_windows
 from models.face import FaceAnalyzer
 from models.voice import EgemapsExtractor, TransformersVoiceEmotion
 from models.registry import resolve
@@ -111,6 +112,32 @@ class FaceStage:
         analyzer = getattr(self, "analyzer", None)
         if analyzer is not None:
             analyzer.close()
+
+
+class SpeakerStage:
+    """Speaker embeddings over the chunk's speech windows (from ASR word timings).
+
+    Clustering needs the whole session, so it happens in the reducer; here each window becomes one
+    embedding row, with its (start, end) in session seconds.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        c = config.speakers
+        model = resolve("speaker_embedding", c.model, c.path, allow_network=config.allow_network)
+        self.embedder = SpeakerEmbedder(model, device=c.device)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row.get("error"):
+            return row
+        try:
+            words = [w for seg in row["segments"] for w in seg["words"]]
+            windows = speech_windows(words)
+            embeddings = self.embedder.embed(cut_windows(row["audio"], windows, offset_s=float(row["start_s"])))
+        except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
+            return _failed(row, "speakers", exc)
+        row["speaker_windows"] = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+        row["speaker_embeddings"] = np.asarray(embeddings, dtype=np.float32).reshape(len(windows), self.embedder.dim)
+        return row
 
 
 def is_transformers_model(path: Path) -> bool:

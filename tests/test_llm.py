@@ -1,0 +1,189 @@
+"""models.llm.TransformersGenerator: real offline SmolLM2 weights, and a random tiny Llama (plumbing)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from models.llm import GenerationResult, TransformersGenerator
+from models.registry import ModelNotFoundError, resolve
+from ray_jobs.prompts import build_prompts, prompt_messages
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHATS = [
+    [
+        {"role": "system", "content": "You are a therapist."},
+        {"role": "user", "content": "I feel anxious about tomorrow."},
+    ],
+    [{"role": "user", "content": "Hello"}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {
+            "role": "user",
+            "content": "I have not slept well for a week and I keep worrying about work.",
+        },
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random-weight 2-layer Llama + a small BPE tokenizer with a chat template, saved like a hub folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    special = ["<pad>", "<eos>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = [c["content"] for chat in CHATS for c in chat] * 20 + [
+        "system user assistant therapist client"
+    ] * 20
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=None,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def test_tiny_llama_plumbing(tiny_model_dir):
+    model = resolve("llm", path=tiny_model_dir)
+    gen = TransformersGenerator(model, max_new_tokens=6, batch_size=2, dtype="float32")
+    out = gen.generate(CHATS)
+    assert len(out) == len(CHATS) and all(isinstance(r, GenerationResult) for r in out)
+    for chat, r in zip(
+        CHATS, out
+    ):  # input order kept although batches are sorted by length
+        expected = len(
+            gen.tokenizer(gen.render(chat), add_special_tokens=False)["input_ids"]
+        )
+        assert r.n_prompt_tokens == expected
+        assert 1 <= r.n_generated_tokens <= 6
+        assert r.finish_reason in ("stop", "length")
+        assert r.finish_reason == "stop" or r.n_generated_tokens == 6
+    assert gen.params()["temperature"] == 0.0 and gen.params()["do_sample"] is False
+    # sampling is reproducible for a given seed
+    sampler = TransformersGenerator(
+        model, max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3, dtype="float32"
+    )
+    assert [r.text for r in sampler.generate(CHATS)] == [
+        r.text for r in sampler.generate(CHATS)
+    ]
+    assert gen.generate([]) == []
+
+
+def test_bad_model_paths(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError):
+        TransformersGenerator(resolve("llm", path=tmp_path / "weights.bin"))
+    with pytest.raises(ModelNotFoundError):
+        resolve(
+            "llm", "llama-3.1-8b-instruct"
+        )  # production model: hub only, network not allowed here
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    try:
+        model = resolve("llm")
+    except ModelNotFoundError as exc:
+        pytest.skip(f"offline SmolLM2 weights not installed: {exc}")
+    assert model.source == "package" and model.path.suffix == ".gguf"
+    return model
+
+
+def test_smollm2_generates_deterministically_in_one_batch(
+    smollm2, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(
+        "EMOGUIDE_CACHE", str(tmp_path)
+    )  # the dequantised copy (~0.5 GB) is removed below
+    try:
+        gen = TransformersGenerator(smollm2, max_new_tokens=8, batch_size=3)
+        assert gen.loaded_from.endswith(".gguf")
+        rows = [
+            r
+            for r in build_prompts(_session(), conditions=["text", "dissonance"])
+            if r["utt_id"] == "s-u1"
+        ]
+        chats = [prompt_messages(r) for r in rows] + [CHATS[0]]
+        first = gen.generate(chats)
+        assert len(first) == 3
+        for r in first:
+            assert (
+                r.text.strip()
+                and r.n_prompt_tokens > 20
+                and 1 <= r.n_generated_tokens <= 8
+            )
+            assert r.finish_reason in ("stop", "length")
+        assert (
+            first[0].n_prompt_tokens < first[1].n_prompt_tokens
+        )  # the dissonance prompt carries the cues
+        assert gen.generate(chats) == first  # greedy: identical across calls
+        # second load reads the dequantised safetensors copy and gives the same output
+        again = TransformersGenerator(smollm2, max_new_tokens=8, batch_size=3)
+        assert "derived" in again.loaded_from
+        assert again.generate(chats) == first
+    finally:
+        shutil.rmtree(tmp_path / "derived", ignore_errors=True)
+
+
+def _session() -> list[dict]:
+    base = {
+        "session_id": "s",
+        "speaker": None,
+        "face_valence": 0.6,
+        "face_arousal": 0.3,
+        "voice_valence": -0.6,
+        "voice_arousal": 0.5,
+        "face_probs": [0.1, 0.8, 0, 0, 0, 0, 0.1, 0],
+        "voice_probs": [0.2, 0, 0.5, 0, 0.3, 0, 0, 0],
+        "dissonance": True,
+        "dissonance_score": 0.8,
+        "dissonance_label": "smiling face, distressed voice",
+    }
+    lines = [
+        ("therapist", "How did the conversation with your sister go?"),
+        (
+            "client",
+            "It went fine, really. We laughed a lot. I'm totally okay with how it ended.",
+        ),
+        ("therapist", "You say it went fine, and I notice your voice sounds strained."),
+    ]
+    return [
+        dict(
+            base, utt_id=f"s-u{i}", start_s=3.0 * i, end_s=3.0 * i + 2.5, role=r, text=t
+        )
+        for i, (r, t) in enumerate(lines)
+    ]

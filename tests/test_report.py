@@ -1,0 +1,667 @@
+"""`emoguide report`: HTML pages from a run folder (hand-built tables, a real run, a headless browser)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ray_jobs.report import (
+    ReportError,
+    build_report,
+    page_names,
+    timeline_svg,
+    top_label,
+)
+from ray_jobs.tables import SESSIONS, UTTERANCES, to_table, write_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = "<script>alert(1)</script>"
+CHROMIUM = Path(os.environ.get("EMOGUIDE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # root in a container
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
+CRITERIA = ("empathy", "comprehensiveness", "applicability")
+
+
+# ----------------------------------------------------------------------------------------------------
+# a hand-built run folder
+
+
+def _probs(top: int, p: float) -> list[float]:
+    rest = (1 - p) / 7
+    return [p if i == top else rest for i in range(8)]
+
+
+def _utterances(sid: str, n: int = 40) -> list[dict]:
+    rows = []
+    t = 2.0
+    for i in range(n):
+        client = i % 2 == 0
+        dur = 6.0 if client else 4.0
+        dissonant = client and i in (4, 10, 12, 26)
+        text = f"utterance {i} from the {'client' if client else 'therapist'}, talking about the week."
+        if i == 10:
+            text = f"I am fine {XSS} really"
+        face = i != 16  # one client utterance without a visible face
+        rows.append(
+            {
+                "session_id": sid,
+                "utt_id": f"{sid}-u{i:05d}",
+                "start_s": t,
+                "end_s": t + dur,
+                "speaker": "SPEAKER_00" if client else "SPEAKER_01",
+                "role": "client" if client else "therapist",
+                "text": text,
+                "words": [
+                    {
+                        "start": t,
+                        "end": t + 0.4,
+                        "word": "utterance",
+                        "probability": 0.9,
+                    }
+                ],
+                "asr_logprob": -0.3,
+                "face_coverage": 1.0 if face else 0.0,
+                "face_probs": _probs(1 if dissonant else 0, 0.8) if face else None,
+                "face_valence": (0.6 if dissonant else 0.1 * ((i % 5) - 2))
+                if face
+                else None,
+                "face_arousal": (0.4 if dissonant else 0.05 * (i % 3))
+                if face
+                else None,
+                "voice_probs": _probs(2 if dissonant else 0, 0.7),
+                "voice_valence": -0.5 if dissonant else 0.08 * ((i % 4) - 1),
+                "voice_arousal": -0.2 if dissonant else 0.1,
+                "prosody": None,
+                "dissonance": (dissonant if face else None),
+                "dissonance_score": 0.8 if dissonant else 0.1,
+                "dissonance_label": "happy face, distressed voice"
+                if dissonant
+                else "neutral face, neutral voice",
+            }
+        )
+        t += dur + 1.0
+    return rows
+
+
+def _session(sid: str, utts: list[dict], **extra) -> dict:
+    diss = [u for u in utts if u["dissonance"]]
+    measured = [u for u in utts if u["dissonance"] is not None]
+    top = sorted(diss, key=lambda u: -u["dissonance_score"])[:3]
+    row = {
+        "session_id": sid,
+        "source_path": f"/data/{sid}.mp4",
+        "status": "ok",
+        "duration_s": (utts[-1]["end_s"] + 2.0) if utts else None,
+        "n_utterances": len(utts),
+        "dissonance_rate": len(diss) / len(measured) if measured else None,
+        "dissonance_longest_run": 2,
+        "dissonance_longest_run_s": 13.0,
+        "dissonance_top": [
+            {
+                "utt_id": u["utt_id"],
+                "start_s": u["start_s"],
+                "end_s": u["end_s"],
+                "score": u["dissonance_score"],
+                "label": u["dissonance_label"],
+            }
+            for u in top
+        ],
+        "config_hash": "cafe0123deadbeef",
+        "input_fingerprint": "0011223344556677",
+        "models": json.dumps(
+            {
+                "asr": {
+                    "name": "whisper-tiny.en",
+                    "source": "package",
+                    "version": "sha256:abc",
+                },
+                "face_emotion": {
+                    "name": "fer-mini-xception",
+                    "source": "package",
+                    "version": "sha256:def",
+                },
+            }
+        ),
+        "wall_s": 12.5,
+    }
+    row.update(extra)
+    return row
+
+
+def _interventions(utts: list[dict]) -> list[dict]:
+    rows = []
+    for a, b in itertools.pairwise(utts):
+        if a["role"] == "client" and b["role"] == "therapist":
+            for cond in CONDITIONS:
+                generation = f"[{cond}] It sounds like this week was hard for you."
+                if a["utt_id"].endswith("u00010") and cond == "dissonance":
+                    generation = f"You say you are fine, yet {XSS} you look worried."
+                rows.append(
+                    {
+                        "session_id": a["session_id"],
+                        "utt_id": a["utt_id"],
+                        "condition": cond,
+                        "prompt": json.dumps(
+                            [
+                                {"role": "system", "content": "You are a therapist."},
+                                {
+                                    "role": "user",
+                                    "content": f"<transcript>{a['text']}</transcript>",
+                                },
+                            ]
+                        ),
+                        "generation": generation,
+                        "reference": b["text"],
+                        "model": "qwen2.5-0.5b-instruct",
+                        "params": json.dumps({"temperature": 0.0, "seed": 0}),
+                    }
+                )
+    return rows
+
+
+def _judgements(interventions: list[dict]) -> list[dict]:
+    rows = []
+    for k, iv in enumerate(interventions[:15]):  # the first three turns are judged
+        for judge in ("judge-a", "judge-b"):
+            for ci, crit in enumerate(CRITERIA):
+                score = (
+                    None
+                    if (k == 0 and judge == "judge-b" and crit == "applicability")
+                    else 1 + (k + ci) % 5
+                )
+                rows.append(
+                    {
+                        **{
+                            key: iv[key]
+                            for key in ("session_id", "utt_id", "condition", "model")
+                        },
+                        "judge": judge,
+                        "criterion": crit,
+                        "score": score,
+                        "rationale": f"{judge} on {crit}: {XSS} acknowledges feelings.",
+                    }
+                )
+    return rows
+
+
+def _write_run(out: Path, *, with_interventions: bool = True) -> dict:
+    utts = _utterances("s01")
+    sessions = [
+        _session("s01", utts),
+        _session(
+            "s02-broken",
+            [],
+            status="failed",
+            error=f"s02.mp4: not a readable media container {XSS}",
+            failed_stage="decode",
+            n_utterances=0,
+            dissonance_longest_run=0,
+            dissonance_longest_run_s=0.0,
+        ),
+    ]
+    write_atomic(to_table(sessions, SESSIONS), out / "sessions.parquet")
+    write_atomic(to_table(utts, UTTERANCES), out / "utterances.parquet")
+    interventions = _interventions(utts)
+    judgements = _judgements(interventions)
+    if with_interventions:
+        write_atomic(pa.Table.from_pylist(interventions), out / "interventions.parquet")
+        write_atomic(pa.Table.from_pylist(judgements), out / "judgements.parquet")
+    return {
+        "utts": utts,
+        "sessions": sessions,
+        "interventions": interventions,
+        "judgements": judgements,
+    }
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    run = tmp_path_factory.mktemp("synthetic") / "run"
+    data = _write_run(run)
+    paths = build_report(run)
+    return run, data, paths
+
+
+def _page(paths, name: str) -> str:
+    return next(p for p in paths if p.name == name).read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the renderer on hand-built tables
+
+
+def test_writes_one_page_per_session_and_an_index(synthetic):
+    run, _, paths = synthetic
+    assert [p.name for p in paths] == ["s01.html", "s02-broken.html", "index.html"]
+    for p in paths:
+        assert p.parent == run / "report"
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600  # health data: owner only
+    assert not list((run / "report").glob(".*.tmp"))
+
+
+def test_untrusted_text_is_escaped(synthetic):
+    _, _, paths = synthetic
+    for p in paths:
+        html = p.read_text(encoding="utf-8")
+        assert (
+            "<script" not in html.lower()
+        )  # the page has no script at all, injected or ours
+    page = _page(paths, "s01.html")
+    assert (
+        "I am fine &lt;script&gt;alert(1)&lt;/script&gt; really" in page
+    )  # transcript
+    assert (
+        "yet &lt;script&gt;alert(1)&lt;/script&gt; you look worried" in page
+    )  # generation
+    assert (
+        "&lt;script&gt;alert(1)&lt;/script&gt; acknowledges feelings" in page
+    )  # judge rationale
+    index = _page(paths, "index.html")
+    assert "not a readable media container &lt;script&gt;" in index  # error message
+
+
+def test_page_is_self_contained(synthetic):
+    _, _, paths = synthetic
+    for p in paths:
+        html = p.read_text(encoding="utf-8")
+        assert not re.search(r"<(link|img|iframe|object|embed)\b", html, re.IGNORECASE)
+        assert not re.search(
+            r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE
+        )
+        assert "@import" not in html and not re.search(
+            r"url\(\s*['\"]?(https?:)?//", html
+        )
+        assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+def test_transcript_rows(synthetic):
+    _, data, paths = synthetic
+    page = _page(paths, "s01.html")
+    for u in data["utts"]:
+        row = re.search(
+            rf'<tr id="utt-{u["utt_id"]}" class="([^"]*)">(.*?)</tr>', page, re.DOTALL
+        )
+        assert row, u["utt_id"]
+        assert ("dissonant" in row.group(1)) == bool(u["dissonance"])
+        assert f">{u['role']}<" in row.group(2)
+    first = re.search(r'<tr id="utt-s01-u00000".*?</tr>', page, re.DOTALL).group(0)
+    assert (
+        "neutral 80%" in first and "neutral 70%" in first and "0:02.0–0:08.0" in first
+    )
+    dissonant = re.search(r'<tr id="utt-s01-u00004".*?</tr>', page, re.DOTALL).group(0)
+    assert (
+        "happiness 80%" in dissonant
+        and "sadness 70%" in dissonant
+        and "happy face, distressed voice" in dissonant
+    )
+    no_face = re.search(r'<tr id="utt-s01-u00016".*?</tr>', page, re.DOTALL).group(0)
+    assert "no face" in no_face and "n/a" in no_face
+
+
+def test_timeline_links_dissonant_spans_to_the_transcript(synthetic):
+    _, data, paths = synthetic
+    page = _page(paths, "s01.html")
+    fig = re.search(
+        r'<figure class="timeline" id="timeline">(.*?)</figure>', page, re.DOTALL
+    ).group(1)
+    assert (
+        fig.strip().startswith("<svg")
+        and "<?xml" not in fig
+        and 'target="_blank"' not in fig
+    )
+    spans = re.findall(
+        r'<g id="dissonant-(\d+)-(valence|arousal)">\s*<a xlink:href="#utt-([^"]+)"',
+        fig,
+    )
+    dissonant = [
+        u["utt_id"] for u in data["utts"] if u["dissonance"] and u["role"] == "client"
+    ]
+    assert sorted({s[2] for s in spans}) == sorted(dissonant)
+    assert len(spans) == 2 * len(dissonant)  # shaded in both panels
+    for gid in (
+        "face-valence-points",
+        "voice-valence-points",
+        "face-arousal-points",
+        "voice-arousal-points",
+    ):
+        assert f'id="{gid}"' in fig
+    # every point links to its utterance; the face-less utterance has a voice point only
+    assert fig.count('xlink:href="#utt-s01-u00016"') == 2
+    assert fig.count('xlink:href="#utt-s01-u00002"') == 4
+    assert fig.count('xlink:href="#utt-s01-u00001"') == 0  # therapist: not plotted
+
+
+def test_summary(synthetic):
+    _, data, paths = synthetic
+    page = _page(paths, "s01.html")
+    summary = re.search(
+        r'<section class="summary-grid" id="summary">(.*?)</section>', page, re.DOTALL
+    ).group(1)
+    assert (
+        "cafe0123deadbeef" in summary
+        and "whisper-tiny.en" in summary
+        and "fer-mini-xception" in summary
+    )
+    assert "2 consecutive dissonant utterances, 13.0 s" in summary
+    rate = data["sessions"][0]["dissonance_rate"]
+    assert f"{100 * rate:.0f}%" in summary
+    for m in data["sessions"][0]["dissonance_top"]:
+        assert f'<a class="moment" href="#utt-{m["utt_id"]}">' in summary
+
+
+def test_interventions_side_by_side_with_reference_and_scores(synthetic):
+    _, data, paths = synthetic
+    page = _page(paths, "s01.html")
+    turn = re.search(
+        r'<div class="turn[^"]*" id="turn-s01-u00000">(.*?)\n</div>', page, re.DOTALL
+    ).group(1)
+    cards = re.findall(r'<div class="gen cond-(\w+)">', turn)
+    assert cards == list(CONDITIONS)
+    assert (
+        '<div class="gen reference">' in turn
+        and "utterance 1 from the therapist" in turn
+    )
+    assert "[dissonance] It sounds like" in turn
+    assert (
+        turn.count('<table class="scores">') == 5
+        and "judge-a" in turn
+        and "judge-b" in turn
+    )
+    assert turn.count("no-score") == 1  # a null score is shown as such, not as a number
+    # the transcript links the turn to its interventions, and back
+    assert 'href="#turn-s01-u00000"' in page and 'href="#utt-s01-u00000"' in turn
+    n_turns = len({iv["utt_id"] for iv in data["interventions"]})
+    assert page.count('<div class="turn') == n_turns
+    # mean judge score per condition × criterion
+    table = re.search(r'<table id="judge-summary".*?</table>', page, re.DOTALL).group(0)
+    scores = [
+        j["score"]
+        for j in data["judgements"]
+        if j["condition"] == "text" and j["criterion"] == "empathy"
+    ]
+    assert (
+        f'{sum(scores) / len(scores):.2f} <span class="muted">(n={len(scores)})'
+        in table
+    )
+
+
+def test_index_lists_sessions_and_failures(synthetic):
+    _, _, paths = synthetic
+    index = _page(paths, "index.html")
+    assert (
+        '<a href="s01.html">s01</a>' in index
+        and '<a href="s02-broken.html">s02-broken</a>' in index
+    )
+    assert "1 ok, 0 partial, 1 failed" in index
+    broken = re.search(
+        r'<tr class="session status-row-failed">(.*?)</tr>', index, re.DOTALL
+    ).group(1)
+    assert "[decode] s02.mp4: not a readable media container" in broken
+    failed_page = _page(paths, "s02-broken.html")
+    assert (
+        "not a readable media container" in failed_page
+        and "No utterances (the session failed)" in failed_page
+    )
+
+
+def test_without_interventions_or_judgements(tmp_path):
+    _write_run(tmp_path, with_interventions=False)
+    paths = build_report(tmp_path, out=tmp_path / "html")
+    page = _page(paths, "s01.html")
+    assert (
+        "This run has no interventions.parquet." in page and 'class="turn' not in page
+    )
+    # interventions without judgements
+    write_atomic(
+        pa.Table.from_pylist(_interventions(_utterances("s01"))),
+        tmp_path / "interventions.parquet",
+    )
+    page = _page(build_report(tmp_path, out=tmp_path / "html"), "s01.html")
+    assert (
+        "This run has no judgements.parquet." in page
+        and '<table class="scores">' not in page
+    )
+    assert page.count('<div class="gen reference">') == 20  # one per client turn
+
+
+def test_one_session_and_errors(tmp_path):
+    _write_run(tmp_path)
+    paths = build_report(tmp_path, session_id="s01", out=tmp_path / "one")
+    assert [p.name for p in paths] == ["s01.html", "index.html"]
+    index = paths[-1].read_text()
+    assert (
+        '<a href="s01.html">' in index and 'href="s02-broken.html"' not in index
+    )  # no page, no link
+    with pytest.raises(ReportError, match="nope"):
+        build_report(tmp_path, session_id="nope")
+    with pytest.raises(ReportError, match="no sessions.parquet"):
+        build_report(tmp_path / "missing")
+
+
+def test_helpers():
+    assert page_names(["a", "index", "a b", "a_b", "../x"]) == {
+        "a": "a.html",
+        "index": "index_2.html",
+        "a b": "a_b.html",
+        "a_b": "a_b_2.html",
+        "../x": "x.html",
+    }
+    assert (
+        top_label(None) is None
+        and top_label([0.1, 0.6, 0.1, 0.1, 0.1, 0, 0, 0]) == "happiness 60%"
+    )
+    assert timeline_svg([]) is None
+    assert (
+        timeline_svg([{"utt_id": "x", "start_s": 0.0, "end_s": 1.0}]) is None
+    )  # nothing measured
+
+
+# ----------------------------------------------------------------------------------------------------
+# a real run folder
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    exe = shutil.which("emoguide") or os.path.join(
+        os.path.dirname(sys.executable), "emoguide"
+    )
+    inputs = tmp_path_factory.mktemp("in")
+    shutil.copy(REPO / "examples" / "grid" / "bbaf2n.mpg", inputs / "bbaf2n.mpg")
+    out = tmp_path_factory.mktemp("realrun") / "out"
+    proc = subprocess.run(
+        [exe, "run", str(inputs), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, build_report(out)
+
+
+@pytest.mark.slow
+def test_real_run(real_run):
+    out, paths = real_run
+    assert [p.name for p in paths] == ["bbaf2n.html", "index.html"]
+    import pyarrow.parquet as pq
+
+    session = pq.read_table(out / "sessions.parquet").to_pylist()[0]
+    utts = pq.read_table(out / "utterances.parquet").to_pylist()
+    page = paths[0].read_text()
+    assert '<figure class="timeline" id="timeline">' in page and "<svg" in page
+    assert "no utterance is attributed to the client" in page  # GRID: roles are unknown
+    for u in utts:
+        assert f'<tr id="utt-{u["utt_id"]}"' in page
+    spans = set(
+        re.findall(
+            r'<g id="dissonant-\d+-valence">\s*<a xlink:href="#utt-([^"]+)"', page
+        )
+    )
+    assert spans == {u["utt_id"] for u in utts if u["dissonance"]}
+    for m in session["dissonance_top"]:
+        assert f'<a class="moment" href="#utt-{m["utt_id"]}">' in page
+    assert session["config_hash"] in page and "whisper-tiny.en" in page
+    assert "This run has no interventions.parquet." in page
+    assert '<a href="bbaf2n.html">bbaf2n</a>' in paths[-1].read_text()
+
+
+# ----------------------------------------------------------------------------------------------------
+# headless Chromium (Debian's chromium package, driven by Playwright)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip(
+            "Playwright for Python is not installed: `pip install playwright==1.65.2` "
+            "(never `playwright install`: the test uses Debian's chromium)"
+        )
+    with sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001 -- a broken browser install is an environment problem, not a report bug
+            pytest.skip(
+                f"Chromium at {CHROMIUM} does not start headless ({exc}); reinstall `chromium`"
+            )
+        yield b
+        b.close()
+
+
+def _open(browser, path: Path):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    events = {"console": [], "requests": [], "dialogs": []}
+    page.on(
+        "console",
+        lambda m: (
+            events["console"].append(f"{m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda e: events["console"].append(f"pageerror: {e}"))
+    page.on(
+        "request",
+        lambda r: (
+            events["requests"].append(r.url)
+            if not r.url.startswith(("file:", "data:", "about:"))
+            else None
+        ),
+    )
+    page.on("dialog", lambda d: (events["dialogs"].append(d.message), d.dismiss()))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, events
+
+
+def _row_in_view(page, utt_id: str) -> bool:
+    return page.evaluate(
+        """id => { const r = document.getElementById(id).getBoundingClientRect();
+                   return r.top >= 0 && r.bottom <= window.innerHeight; }""",
+        f"utt-{utt_id}",
+    )
+
+
+def _assert_clean(events):
+    assert events["console"] == []
+    assert events["requests"] == []  # nothing but file:// and data:
+    assert events["dialogs"] == []  # the injected <script> never ran
+
+
+def test_browser_click_shaded_span_opens_the_utterance(browser, synthetic, tmp_path):
+    _, data, paths = synthetic
+    page, events = _open(browser, next(p for p in paths if p.name == "s01.html"))
+    timeline = page.locator("#timeline svg")
+    assert timeline.count() == 1 and timeline.bounding_box()["height"] > 200
+    assert page.locator("#transcript tbody tr").count() == len(data["utts"])
+    assert (
+        XSS in page.locator("#utt-s01-u00010 td.text").inner_text()
+    )  # rendered as text
+    # the third dissonant span in the arousal panel (lines drawn over it must not take the click)
+    span = page.locator('#timeline g[id="dissonant-2-arousal"] a')
+    target = span.get_attribute("xlink:href")
+    assert target == "#utt-s01-u00012"
+    assert page.evaluate("window.scrollY") == 0
+    span.click()
+    page.wait_for_function("location.hash === '#utt-s01-u00012'")
+    assert page.evaluate("window.scrollY") > 0
+    assert page.evaluate("document.getElementById('utt-s01-u00012').matches(':target')")
+    assert _row_in_view(page, "s01-u00012")
+    # a top-moment link too
+    page.locator("#top-moments a.moment").first.click()
+    first = data["sessions"][0]["dissonance_top"][0]["utt_id"]
+    page.wait_for_function(f"location.hash === '#utt-{first}'")
+    assert _row_in_view(page, first)
+    _assert_clean(events)
+    page.evaluate("window.scrollTo(0, 0)")
+    shot = tmp_path / "s01.png"
+    page.screenshot(path=str(shot), full_page=False)
+    assert (
+        shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    )
+    page.close()
+
+
+def test_browser_index_links_to_sessions(browser, synthetic, tmp_path):
+    _, _, paths = synthetic
+    page, events = _open(browser, paths[-1])
+    assert page.locator("#sessions tbody tr").count() == 2
+    page.click("text=s01")
+    page.wait_for_url(re.compile(r".*/s01\.html$"))
+    assert page.locator("#timeline svg").count() == 1
+    _assert_clean(events)
+    page.close()
+
+
+@pytest.mark.slow
+def test_browser_real_run_top_moment(browser, real_run, tmp_path):
+    _, paths = real_run
+    page, events = _open(browser, paths[0])
+    if page.locator("#top-moments a.moment").count() == 0:
+        pytest.skip(
+            "the GRID clip came out with no dissonant moment under the current models"
+        )
+    link = page.locator("#top-moments a.moment").first
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_function(f"location.hash === {json.dumps(href)}")
+    assert page.evaluate(
+        f"document.getElementById({json.dumps(href[1:])}).matches(':target')"
+    )
+    # and the shaded span in the plot
+    page.evaluate("location.hash = ''")
+    span = page.locator('#timeline g[id="dissonant-0-valence"] a')
+    span_href = span.get_attribute("xlink:href")
+    span.click()
+    page.wait_for_function(f"location.hash === {json.dumps(span_href)}")
+    assert page.evaluate(
+        f"document.getElementById({json.dumps(span_href[1:])}).matches(':target')"
+    )
+    _assert_clean(events)
+    shot = tmp_path / "bbaf2n.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    page.close()
