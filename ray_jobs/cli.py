@@ -17,6 +17,7 @@ from pathlib import Path
 from ray_jobs.config import PRESET_NAMES, ConfigError, choose_preset, load_config, preset_overrides
 from ray_jobs.inputs import InputError, collect_sessions
 from models.registry import ModelNotFoundError
+from ray_jobs.report import ReportError
 
 log = logging.getLogger("emoguide")
 
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                      help="devices and resources per stage (auto: cpu without GPUs, gpu-1 / gpu-n with them)")
     run.add_argument("--redact", action="store_true", help="replace names, places, numbers, e-mails in transcripts")
+    run.add_argument("--conditions", help="prompt conditions, comma-separated (default: text,face,voice,multimodal,dissonance)")
+    run.add_argument("--no-generate", action="store_true", help="stop after the reducer: no interventions")
+    run.add_argument("--num-speakers", type=int, help="known number of speakers per session")
+    run.add_argument("--min-speakers", type=int)
+    run.add_argument("--max-speakers", type=int)
+    run.add_argument("--therapist-speaker", help="speaker label (e.g. S1) to take as the therapist")
     run.add_argument("--log-content", action="store_true",
                      help="also print each finished session's transcript (off by default: sessions are health data)")
 
@@ -60,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     roles = ev_sub.add_parser("roles", help="therapist/client assignment on AnnoMI-format transcripts")
     roles.add_argument("--annomi", type=Path, required=True, help="AnnoMI CSV (roles are hidden from the model)")
     roles.add_argument("--json", type=Path, help="also write the full report here")
+
+    report = sub.add_parser("report", help="self-contained HTML report of a run folder")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--session", help="only this session's page (and the index)")
+    report.add_argument("--out", type=Path, help="folder for the HTML files (default: RUN_DIR/report)")
 
     models = sub.add_parser("models", help="list or fetch model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -127,6 +139,22 @@ def _print_session_with_content(out_dir: Path):
     return show
 
 
+def run_overrides(args: argparse.Namespace) -> dict:
+    """Config settings given as command-line flags (they win over the config file)."""
+    speakers = {k: v for k, v in (("num_speakers", args.num_speakers), ("min_speakers", args.min_speakers),
+                                  ("max_speakers", args.max_speakers), ("therapist_speaker", args.therapist_speaker))
+                if v is not None}
+    generation = {}
+    if args.no_generate:
+        generation["enabled"] = False
+    if args.conditions:
+        generation["conditions"] = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    overrides: dict = {"speakers": speakers, "generation": generation}
+    if args.redact:
+        overrides["redact"] = True
+    return overrides
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from ray_jobs.submit import submit
 
@@ -144,7 +172,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ray_jobs.pipeline import run_pipeline
 
-    overrides = {"redact": True} if args.redact else None
+    overrides = run_overrides(args)
     if args.config is not None:
         args.config = args.config.resolve()  # joining a cluster may change the working directory
     config = load_config(args.config, overrides)  # fail fast on a bad config, before Ray starts
@@ -170,11 +198,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     ok, failed, partial = summary.count("ok"), summary.count("failed"), summary.count("partial")
     media_h = summary.media_s / 3600
     print(f"\nresults: {args.out.resolve()}")
-    print(f"  sessions.parquet, utterances.parquet  ({len(summary.sessions)} sessions)")
+    tables = "sessions.parquet, utterances.parquet" + (", interventions.parquet" if config.generation.enabled else "")
+    print(f"  {tables}  ({len(summary.sessions)} sessions)")
     print(f"sessions: {ok} ok, {failed} failed, {partial} partial ({summary.skipped} already complete, skipped)")
     print(f"utterances: {summary.n_utterances}   media: {media_h:.3f} h   wall time: {wall:.1f} s")
     if summary.media_s > 0:
         print(f"real-time factor: {wall / summary.media_s:.3f} s per media second ({summary.media_s / wall:.2f}x real time)")
+    if summary.n_interventions:
+        rate = summary.generated_tokens / summary.generation_s if summary.generation_s else 0.0
+        print(f"interventions: {summary.n_interventions} generated, {summary.generated_tokens} tokens "
+              f"in {summary.generation_s:.1f} s ({rate:.1f} tokens/s)")
     return 0 if failed == 0 and partial == 0 else 1
 
 
@@ -233,6 +266,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ray_jobs.report import build_report
+
+    pages = build_report(args.run_dir, args.session, args.out)
+    for page in pages[:-1]:
+        print(f"session report: {page}")
+    print(f"report: {pages[-1]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -245,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "submit":
             return cmd_submit(args)
-    except (ConfigError, InputError, ModelNotFoundError) as exc:
+        if args.command == "report":
+            return cmd_report(args)
+    except (ConfigError, InputError, ModelNotFoundError, ReportError) as exc:
         print(f"emoguide: error: {exc}", file=sys.stderr)
         return 2
     return 2

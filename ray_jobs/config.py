@@ -87,11 +87,33 @@ class SpeakersConfig:
 
 
 @dataclass
+class GenerationConfig:
+    enabled: bool = True  # --no-generate stops after the reducer
+    engine: str = "transformers"  # or "vllm" (GPU; the gpu presets choose it)
+    model: str = "smollm2-135m-instruct"
+    path: str | None = None
+    conditions: list[str] = field(default_factory=lambda: ["text", "face", "voice", "multimodal", "dissonance"])
+    context_turns: int = 6
+    template: str = "intervention_v1"
+    max_new_tokens: int = 96
+    temperature: float = 0.0  # 0 = greedy: repeatable
+    top_p: float = 1.0
+    repetition_penalty: float = 1.1  # small models loop without it; 1.0 = off
+    seed: int = 0
+    batch_size: int = 8
+    num_threads: int | None = None  # CPU twin: torch threads per actor (None: torch's default)
+    tensor_parallel_size: int = 1  # vLLM
+    max_model_len: int = 4096  # vLLM
+    gpu_memory_utilization: float = 0.85  # vLLM
+    resources: Resources = field(default_factory=lambda: Resources(num_cpus=1.0))
+
+
+@dataclass
 class DissonanceConfig:
     threshold: float = 0.5  # the paper's rule: max(|dV|, |dA|) > threshold
 
 
-STAGES = ("decode", "asr", "face", "speakers", "voice")
+STAGES = ("decode", "asr", "face", "speakers", "voice", "generation")
 
 
 @dataclass
@@ -101,14 +123,25 @@ class RunConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
     redact: bool = False  # replace names, places, numbers, e-mails in transcripts (ray_jobs/redact.py)
 
     def config_hash(self) -> str:
-        """Fingerprint of every result-affecting setting (resources excluded)."""
-        data = _strip_resources(asdict(self))
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """Fingerprint of every setting that changes the perception tables (resources excluded).
+
+        Generation settings are left out: changing the LLM must not redo the videos.
+        """
+        data = _strip_resources({k: v for k, v in asdict(self).items() if k != "generation"})
+        return _digest(data)
+
+    def generation_hash(self) -> str:
+        """Fingerprint of the settings that change generated interventions (not batching or resources)."""
+        data = _strip_resources(asdict(self.generation))
+        for key in ("enabled", "batch_size", "num_threads"):
+            data.pop(key)
+        return _digest(data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +159,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "face": {"resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
         "voice": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
         "speakers": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
+        # generation runs after perception, so it gets the whole GPU
+        "generation": {"engine": "vllm", "model": "llama-3.1-8b-instruct", "batch_size": 64,
+                       "resources": {"num_cpus": 1.0, "num_gpus": 1.0}},
     },
 }
 PRESET_NAMES = ("auto", "cpu", "gpu-1", "gpu-n")
@@ -160,6 +196,10 @@ def choose_preset(requested: str, num_gpus: float) -> tuple[str, str]:
     return requested, f"using the {requested} preset"
 
 
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _strip_resources(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_resources(v) for k, v in value.items() if k != "resources"}
@@ -191,6 +231,10 @@ def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if isinstance(current, list):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{name}: expected a list of names, got {value!r}")
     for kind in (int, float, str):
         if isinstance(current, kind) or kind.__name__ in str(annotation):
             if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -234,6 +278,14 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
     if not 0.0 < config.dissonance.threshold < 2.0:
         raise ConfigError(f"dissonance.threshold must be in (0, 2), got {config.dissonance.threshold}")
+    g = config.generation
+    if g.engine not in ("transformers", "vllm"):
+        raise ConfigError(f"generation.engine must be 'transformers' or 'vllm', got {g.engine!r}")
+    known = ("text", "face", "voice", "multimodal", "dissonance")
+    if not g.conditions or any(c not in known for c in g.conditions):
+        raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(known)}")
+    if g.context_turns < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or not 0 < g.top_p <= 1 or g.temperature < 0:
+        raise ConfigError("generation: context_turns, max_new_tokens, batch_size >= 1; 0 < top_p <= 1; temperature >= 0")
     sp = config.speakers
     if not 1 <= sp.min_speakers <= sp.max_speakers or (sp.num_speakers is not None and sp.num_speakers < 1):
         raise ConfigError("speakers: need 1 <= min_speakers <= max_speakers and num_speakers >= 1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 
 from models.registry import ResolvedModel, resolve
@@ -30,7 +31,19 @@ from ray_jobs.config import Resources, RunConfig
 from ray_jobs.inputs import SessionInput, fingerprint
 from ray_jobs.reduce import reduce_session
 from ray_jobs.stages import AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_transformers_model
-from ray_jobs.tables import SESSIONS, UTTERANCES, merge_parts, read_session_part, to_table, write_session_parts
+from ray_jobs.generate import generate
+from ray_jobs.prompts import build_prompts
+from ray_jobs.tables import (
+    SESSIONS,
+    UTTERANCES,
+    merge_parts,
+    part_paths,
+    read_generation_hash,
+    read_session_part,
+    to_table,
+    write_interventions_part,
+    write_session_parts,
+)
 
 log = logging.getLogger("emoguide")
 
@@ -43,6 +56,9 @@ class RunSummary:
     sessions: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     wall_s: float = 0.0
+    n_interventions: int = 0
+    generated_tokens: int = 0
+    generation_s: float = 0.0
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.sessions if s["status"] == status)
@@ -177,9 +193,39 @@ def run_pipeline(
                     "error": "not all chunks came back from the pipeline"}
             reduce(sid, pending.pop(sid, []) + [lost], None)
 
-    merge_parts(out_dir, [s.session_id for s in sessions])
+    ids = [s.session_id for s in sessions]
+    if config.generation.enabled:
+        run_generation(out_dir, summary, config)
+    merge_parts(out_dir, ids, ("sessions", "utterances", "interventions") if config.generation.enabled
+                else ("sessions", "utterances"))
     summary.wall_s = time.monotonic() - started
     return summary
+
+
+def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig) -> None:
+    """Interventions for every usable session that lacks them under the current generation settings."""
+    ghash = config.generation_hash()
+    todo = [s["session_id"] for s in summary.sessions
+            if s["status"] != "failed" and read_generation_hash(out_dir, s["session_id"]) != ghash]
+    if not todo:
+        return
+    c = config.generation
+    utterances = [u for sid in todo for u in pq.read_table(part_paths(out_dir, sid)["utterances"]).to_pylist()]
+    prompts = build_prompts(utterances, c.conditions, c.context_turns, c.template)
+    expected = Counter(p["session_id"] for p in prompts)
+    for sid in todo:  # sessions without a client turn answered by the therapist are done already
+        if not expected[sid]:
+            write_interventions_part(out_dir, sid, [], ghash)
+    started = time.monotonic()
+    done: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in generate(prompts, config):
+        sid = row["session_id"]
+        done[sid].append({**row, "generation_hash": ghash})
+        summary.n_interventions += 1
+        summary.generated_tokens += int(row.get("n_generated_tokens") or 0)
+        if len(done[sid]) == expected[sid]:
+            write_interventions_part(out_dir, sid, done.pop(sid), ghash)
+    summary.generation_s = time.monotonic() - started
 
 
 def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:

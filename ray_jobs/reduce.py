@@ -165,7 +165,12 @@ def reduce_session(
     if split and span_features is not None:
         features[split] = span_features([(utterances[i]["start_s"], utterances[i]["end_s"]) for i in split])
 
-    roles = assign_roles(utterances, config.speakers.therapist_speaker, config.speakers.min_role_confidence)
+    # The override names a label from an earlier look at this session; where the label does not occur
+    # (another session of the batch, a monologue) roles are inferred as usual.
+    override = config.speakers.therapist_speaker
+    if override not in {u["speaker"] for u in utterances}:
+        override = None
+    roles = assign_roles(utterances, override, config.speakers.min_role_confidence)
     frame_times, faces = session_faces(usable)
     for utt, pros in zip(utterances, prosody(features), strict=True):
         utt["role"] = roles.role_for(utt["speaker"])

@@ -77,7 +77,24 @@ UTTERANCES = pa.schema(
     ]
 )
 
-TABLES = {"sessions": SESSIONS, "utterances": UTTERANCES}
+INTERVENTIONS = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("utt_id", pa.string()),  # the client turn's last utterance
+        ("condition", pa.string()),  # text | face | voice | multimodal | dissonance
+        ("prompt", pa.string()),  # JSON chat messages
+        ("generation", pa.string()),  # null when generation failed (see error)
+        ("reference", pa.string()),  # the therapist's actual next turn
+        ("model", pa.string()),
+        ("params", pa.string()),  # JSON sampling parameters
+        ("template", pa.string()),
+        ("n_generated_tokens", pa.int32()),
+        ("error", pa.string()),
+        ("generation_hash", pa.string()),
+    ]
+)
+
+TABLES = {"sessions": SESSIONS, "utterances": UTTERANCES, "interventions": INTERVENTIONS}
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
@@ -112,6 +129,7 @@ def part_paths(out_dir: Path, session_id: str) -> dict[str, Path]:
 def write_session_parts(out_dir: Path, session_id: str, tables: dict[str, pa.Table]) -> None:
     """Write a finished session's parts; the sessions part goes last so it marks completion."""
     paths = part_paths(out_dir, session_id)
+    paths["interventions"].unlink(missing_ok=True)  # made from the old utterances: stale now
     for name in sorted(tables, key=lambda n: n == "sessions"):
         write_atomic(tables[name], paths[name])
 
@@ -125,15 +143,32 @@ def read_session_part(out_dir: Path, session_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def merge_parts(out_dir: Path, session_ids: list[str]) -> dict[str, Path]:
+def read_generation_hash(out_dir: Path, session_id: str) -> str | None:
+    """The generation settings an existing interventions part was made with (None: no part)."""
+    path = part_paths(out_dir, session_id)["interventions"]
+    if not path.exists():
+        return None
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(b"generation_hash", b"").decode() or None
+
+
+def write_interventions_part(out_dir: Path, session_id: str, rows: list[dict], generation_hash: str) -> None:
+    """One session's interventions, stamped with the settings that made them (for resume)."""
+    table = to_table(rows, INTERVENTIONS)
+    table = table.replace_schema_metadata({"generation_hash": generation_hash})
+    write_atomic(table, part_paths(out_dir, session_id)["interventions"])
+
+
+def merge_parts(out_dir: Path, session_ids: list[str], tables: tuple[str, ...] = tuple(TABLES)) -> dict[str, Path]:
     """Build the run's tables from the given sessions' parts, in input order."""
     written = {}
-    for name, schema in TABLES.items():
+    for name in tables:
+        schema = TABLES[name]
         pieces = []
         for sid in session_ids:
             path = part_paths(out_dir, sid)[name]
             if path.exists():
-                pieces.append(pq.read_table(path).cast(schema))
+                pieces.append(pq.read_table(path).replace_schema_metadata(None).cast(schema))
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         written[name] = write_atomic(table, out_dir / f"{name}.parquet")
     return written

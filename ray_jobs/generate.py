@@ -1,0 +1,118 @@
+"""Generation of therapist interventions: prompts → LLM → ``interventions.parquet``.
+
+Runs after perception, as its own Ray Data pass, so a single GPU first serves the perception stages
+and then the LLM whole. Two engines with the same inputs and outputs:
+
+* ``vllm`` (GPU): ``ray.data.llm``'s vLLM engine processor (model, batch size, tensor parallelism and
+  maximum model length from the config). vLLM lives in the ``gpu`` extra and the docker image.
+* ``transformers`` (CPU twin): an actor pool around :class:`models.llm.TransformersGenerator`,
+  several prompts per forward pass; the offline default is SmolLM2-135M-Instruct.
+
+Each row keeps its prompt, the therapist's actual reply (``reference``), the model and the sampling
+parameters (``params``, JSON), so conditions can be compared under identical settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import ray
+
+from models.registry import ResolvedModel, resolve
+from ray_jobs.config import GenerationConfig, RunConfig
+
+
+def sampling_params(c: GenerationConfig) -> dict[str, Any]:
+    """vLLM sampling parameters; with temperature 0 decoding is greedy and runs are repeatable."""
+    return {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_new_tokens, "seed": c.seed,
+            "repetition_penalty": c.repetition_penalty}
+
+
+def vllm_processor_config(c: GenerationConfig, model: ResolvedModel | str) -> Any:
+    """The ``ray.data.llm`` vLLM processor config (buildable without a GPU; vLLM runs only when executed)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    source = str(model.path) if isinstance(model, ResolvedModel) else model
+    return vLLMEngineProcessorConfig(
+        model_source=source,
+        engine_kwargs={
+            "tensor_parallel_size": c.tensor_parallel_size,
+            "max_model_len": c.max_model_len,
+            "gpu_memory_utilization": c.gpu_memory_utilization,
+            "seed": c.seed,
+        },
+        batch_size=c.batch_size,
+        concurrency=c.resources.max_actors,
+    )
+
+
+def vllm_processor(c: GenerationConfig, model: ResolvedModel | str, model_name: str) -> Any:
+    """A processor that maps prompt rows to rows with ``generation`` and token counts."""
+    from ray.data.llm import build_processor
+
+    params = sampling_params(c)
+    recorded = json.dumps({**params, "engine": "vllm"}, sort_keys=True)
+
+    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "messages": json.loads(row["prompt"]), "sampling_params": params}
+
+    def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+        keep = {k: row[k] for k in _KEYS if k in row}
+        return {**keep, "generation": row["generated_text"].strip(), "model": model_name, "params": recorded,
+                "n_generated_tokens": int(row.get("num_generated_tokens") or 0), "error": None}
+
+    return build_processor(vllm_processor_config(c, model), preprocess=preprocess, postprocess=postprocess)
+
+
+class CpuGenerationStage:
+    """The transformers twin: one model per actor, batched generation, failures kept per row."""
+
+    def __init__(self, config: RunConfig) -> None:
+        from models.llm import TransformersGenerator
+
+        c = config.generation
+        model = resolve("llm", c.model, c.path, allow_network=config.allow_network)
+        self.model_name = model.name
+        self.generator = TransformersGenerator(
+            model, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+            batch_size=c.batch_size, num_threads=c.num_threads, repetition_penalty=c.repetition_penalty,
+        )
+        self.params = json.dumps(self.generator.params(), sort_keys=True)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["prompt"])
+        out = {k: batch[k] for k in _KEYS}
+        try:
+            results = self.generator.generate([json.loads(p) for p in batch["prompt"]])
+            out.update(generation=[r.text for r in results], n_generated_tokens=[r.n_generated_tokens for r in results],
+                       error=[None] * n)
+        except Exception as exc:  # noqa: BLE001 - a failed batch is recorded, the run goes on
+            out.update(generation=[None] * n, n_generated_tokens=[0] * n, error=[f"{type(exc).__name__}: {exc}"] * n)
+        out.update(model=[self.model_name] * n, params=[self.params] * n)
+        return out
+
+
+_KEYS = ("session_id", "utt_id", "condition", "prompt", "reference", "template")
+
+
+def generate(rows: list[dict[str, Any]], config: RunConfig) -> Iterator[dict[str, Any]]:
+    """Generate an intervention for each prompt row; rows come back as they finish (any order)."""
+    if not rows:
+        return
+    c = config.generation
+    items = [{k: r[k] for k in _KEYS} for r in rows]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // c.batch_size, 64)))
+    if c.engine == "vllm":
+        model = resolve("llm", c.model, c.path, allow_network=config.allow_network)
+        ds = vllm_processor(c, model, model.name)(ds)
+    else:
+        r = c.resources
+        ds = ds.map_batches(
+            CpuGenerationStage, fn_constructor_kwargs={"config": config}, batch_size=c.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+        )
+    yield from ds.iter_rows()
