@@ -33,7 +33,9 @@ def cluster():
     # real cluster. Each node has its own temp folder and agent ports, as separate machines would: on a
     # shared folder one node's runtime-env agent deletes the job files the other node is using.
     ray_tmp = tempfile.mkdtemp(prefix="egc-", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
+    # The job's entrypoint runs `python` from the head's PATH, as in a cluster image: this venv's here.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head, worker = "127.0.0.2", "127.0.0.3"
     port, dash = _free_port(), _free_port()

@@ -519,7 +519,8 @@ def test_real_run(real_run):
     for m in session["dissonance_top"]:
         assert f'<a class="moment" href="#utt-{m["utt_id"]}">' in page
     assert session["config_hash"] in page and "whisper-tiny.en" in page
-    assert "This run has no interventions.parquet." in page
+    # one speaker: no client turn answered by a therapist, so the run's interventions table is empty
+    assert "a client turn gets interventions only when a therapist turn follows it" in page
     assert '<a href="bbaf2n.html">bbaf2n</a>' in paths[-1].read_text()
 
 
