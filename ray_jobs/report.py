@@ -21,9 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from models.emotion import LABELS
+from ray_jobs.tables import open_atomic
 
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
@@ -601,18 +600,9 @@ def _env() -> jinja2.Environment:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    """Atomic, owner-only write (temp file in the same folder, fsync, rename): reports are health data."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic, owner-only write: reports are health data."""
+    with open_atomic(path, "w") as fh:
+        fh.write(text)
     return path
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,22 +106,30 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
-    """Write a Parquet file so that readers see either nothing or the complete file."""
+@contextmanager
+def open_atomic(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
+    """A file that appears under ``path`` only when complete (temp file in the same folder, fsync,
+    rename) and is readable by its owner alone; on an error nothing is left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write a Parquet file so that readers see either nothing or the complete file."""
+    with open_atomic(path) as fh:
+        pq.write_table(table, fh)
+    return Path(path)
 
 
 def part_paths(out_dir: Path, session_id: str) -> dict[str, Path]:
