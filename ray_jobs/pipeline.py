@@ -26,11 +26,13 @@ import ray
 
 from models.registry import ResolvedModel, resolve
 from models.voice import EgemapsExtractor, VoiceEmotion
-from ray_jobs.media import SAMPLE_RATE, iter_chunks
+from ray_jobs.media import SAMPLE_RATE
 from ray_jobs.config import Resources, RunConfig
 from ray_jobs.inputs import SessionInput, fingerprint
 from ray_jobs.reduce import reduce_session
-from ray_jobs.stages import AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_transformers_model
+from ray_jobs.stages import (
+    AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_transformers_model, iter_source_chunks,
+)
 from ray_jobs.generate import generate
 from ray_jobs.prompts import build_prompts
 from ray_jobs.tables import (
@@ -230,9 +232,10 @@ def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig) -> Non
 
 def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:
     """eGeMAPS features of time spans of a session, decoding its audio once more (only for utterances
-    made by splitting an ASR segment at a speaker change: the voice stage saw whole segments)."""
+    made by splitting an ASR segment at a speaker change: the voice stage saw whole segments).
+    An object-store source is downloaded again for this."""
     wanted: list[list[np.ndarray]] = [[] for _ in spans]
-    for chunk in iter_chunks(path, fps=1.0, chunk_s=60.0, max_side=64):
+    for chunk in iter_source_chunks(path, fps=1.0, chunk_s=60.0, max_side=64):
         for i, (start, end) in enumerate(spans):
             a = max(0, int((start - chunk.start_s) * SAMPLE_RATE))
             b = min(len(chunk.audio), int((end - chunk.start_s) * SAMPLE_RATE))

@@ -20,11 +20,28 @@ from models.face import FaceAnalyzer
 from models.voice import EgemapsExtractor, TransformersVoiceEmotion
 from models.registry import resolve
 from ray_jobs.config import RunConfig
-from ray_jobs.media import SAMPLE_RATE, MediaError, iter_chunks
+from ray_jobs.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
+from ray_jobs.storage import StorageError, is_uri, localize
 
 def _failed(row: dict[str, Any], stage: str, exc: BaseException) -> dict[str, Any]:
     reason = str(exc) if isinstance(exc, MediaError) else f"{type(exc).__name__}: {exc}"
     return {**row, "error": reason, "failed_stage": stage}
+
+
+def iter_source_chunks(path: str, fps: float, chunk_s: float, max_side: int) -> Iterator[MediaChunk]:
+    """``iter_chunks`` of a local path or an object-store URI.
+
+    PyAV needs a local seekable file, so an object is copied to a temp file that lives only while
+    its chunks are being read. Errors name ``path``, never the temp file (PyAV's messages quote it).
+    """
+    if not is_uri(path):
+        yield from iter_chunks(path, fps=fps, chunk_s=chunk_s, max_side=max_side)
+        return
+    try:
+        with localize(path) as local:
+            yield from iter_chunks(local, fps=fps, chunk_s=chunk_s, max_side=max_side)
+    except (MediaError, StorageError) as exc:
+        raise MediaError(path, str(exc).replace(exc.path, path).removeprefix(f"{path}: ")) from exc
 
 
 def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str, Any]]:
@@ -32,7 +49,7 @@ def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str,
     base = {"session_id": row["session_id"], "error": None, "failed_stage": None}
     emitted = 0
     try:
-        for chunk in iter_chunks(
+        for chunk in iter_source_chunks(
             row["path"], fps=config.decode.fps, chunk_s=config.decode.chunk_s, max_side=config.decode.max_side
         ):
             emitted += 1

@@ -195,8 +195,8 @@ def test_dockerfile_structure():
 
 
 def test_dockerfile_copies_every_package():
-    """A package added to pyproject's [tool.setuptools] packages must also be copied into the image."""
-    packages = _pyproject()["tool"]["setuptools"]["packages"]
+    """A package pyproject's package discovery includes must also be copied into the image."""
+    packages = [p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]]
     text = DOCKERFILE.read_text(encoding="utf-8")
     for package in packages:
         top = package.split(".")[0]
