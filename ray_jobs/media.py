@@ -184,6 +184,11 @@ def iter_chunks(
                         if t + 1e-6 >= next_frame_t:
                             next_frame_t = max(next_frame_t + 1.0 / fps, t)
                             img = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+                            # phones record sideways and store a display rotation: show it upright, as
+                            # players do, so the face detector sees upright faces
+                            quarter_turns = round((frame.rotation or 0) / 90) % 4
+                            if quarter_turns:
+                                img = np.ascontiguousarray(np.rot90(img, quarter_turns))
                             frames.append(img)
                             times.append(max(t, 0.0))
                 while buffered >= chunk_len + search:

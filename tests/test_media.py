@@ -64,3 +64,32 @@ def test_bad_files_name_the_file_and_reason(tmp_path):
         with pytest.raises(MediaError) as err:
             list(iter_chunks(path))
         assert str(path) in str(err.value) and reason in str(err.value)
+
+
+def test_display_rotation_is_applied(tmp_path):
+    """A phone video stored sideways with a 90° display matrix decodes upright (as players show it)."""
+    import av
+
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mpeg4", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v.set_display_rotation(90)
+        a = c.add_stream("aac", rate=16000, layout="mono")
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:12, :, 0] = 255  # a red band along the stored top edge
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for p in v.encode(frame):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        audio = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt", layout="mono")
+        audio.sample_rate = 16000
+        for p in [*a.encode(audio), *a.encode(None)]:
+            c.mux(p)
+    (chunk,) = list(iter_chunks(path, fps=2.0))
+    assert chunk.frames.shape[1:] == (64, 48, 3)  # portrait now
+    red = chunk.frames[0, :, :, 0].astype(float)
+    assert red[:, :8].mean() > 150 and red[:, -8:].mean() < 60  # the top edge turned to the left
