@@ -152,13 +152,19 @@ def run_pipeline(path: Path, out: Path, extra: list[str]) -> dict:
 
 
 def scaling_config(workers: int, folder: Path) -> Path:
-    """A config with ``workers`` actors per perception stage (threads split between them)."""
-    threads = max(1, (os.cpu_count() or 2) // workers)
-    per = round(1.0 / workers, 2)
+    """A config with ``workers`` actors per perception stage, sized to fit this machine's CPUs.
+
+    Every actor pool starts at its minimum size, so the CPUs all stages ask for together (plus decode)
+    must fit: otherwise Ray Data waits forever for an actor it cannot place.
+    """
+    cores = os.cpu_count() or 2
+    budget = cores - 0.25  # decode tasks keep their share
+    asr_share, other_share = 0.4 * budget / workers, 0.2 * budget / workers
     path = folder / f"workers{workers}.yaml"
     path.write_text(json.dumps({
-        "asr": {"cpu_threads": threads, "resources": {"num_cpus": per, "min_actors": workers, "max_actors": workers}},
-        **{s: {"resources": {"num_cpus": 0.25, "min_actors": workers, "max_actors": workers}}
+        "asr": {"cpu_threads": max(1, cores // workers),
+                "resources": {"num_cpus": round(asr_share, 3), "min_actors": workers, "max_actors": workers}},
+        **{s: {"resources": {"num_cpus": round(other_share, 3), "min_actors": workers, "max_actors": workers}}
            for s in ("face", "speakers", "voice")},
     }))
     return path

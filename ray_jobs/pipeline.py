@@ -99,6 +99,24 @@ def _actor_args(r: Resources) -> dict[str, Any]:
     }
 
 
+def check_resources(config: RunConfig, available: dict[str, float]) -> str | None:
+    """A warning when the actor pools at their minimum size (plus decode) ask for more than the cluster has.
+
+    Ray Data starts every pool at its minimum size and waits for each actor: on a fixed-size cluster a
+    request that cannot fit never runs, and the run hangs instead of failing (an autoscaling cluster may
+    still grow to fit it).
+    """
+    stages = [config.asr.resources, config.face.resources, config.speakers.resources, config.voice.resources]
+    cpus = config.decode.resources.num_cpus + sum(r.min_actors * r.num_cpus for r in stages)
+    gpus = sum(r.min_actors * r.num_gpus for r in stages)
+    have_cpu, have_gpu = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if cpus <= have_cpu + 1e-9 and gpus <= have_gpu + 1e-9:
+        return None
+    return (f"the stages' actor pools need {cpus:g} CPUs and {gpus:g} GPUs at their minimum size, but Ray "
+            f"reports {have_cpu:g} CPUs and {have_gpu:g} GPUs: lower num_cpus/num_gpus or min_actors in the "
+            "config, or the run will wait for resources that never come")
+
+
 def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.Dataset:
     """The lazy Ray Data graph for ``sessions``; nothing runs until it is iterated."""
     # A chunk whose task or actor crashes past its retries is dropped instead of aborting the run: its
@@ -177,6 +195,9 @@ def run_pipeline(
         _finish(out_dir, summary, session_row, utterances, total, on_session)
 
     if todo:
+        warning = check_resources(config, ray.cluster_resources())
+        if warning:
+            log.warning(warning)
         pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         expected: dict[str, int] = {}
         first_seen: dict[str, float] = {}

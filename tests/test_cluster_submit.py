@@ -90,3 +90,15 @@ def test_presets_resolve_to_valid_resource_requests():
     assert many.asr.resources.num_gpus == 1.0 and many.asr.resources.max_actors == 4
     # a config file still overrides the preset
     assert load_config(None, {"asr": {"compute_type": "int8_float16"}}, preset_overrides("gpu-1", 1)).asr.compute_type == "int8_float16"
+
+
+def test_pools_that_cannot_fit_are_reported():
+    from ray_jobs.pipeline import check_resources
+
+    fits = load_config()
+    assert check_resources(fits, {"CPU": 2.0}) is None
+    greedy = load_config(None, {"voice": {"resources": {"num_cpus": 1.0, "min_actors": 2, "max_actors": 2}}})
+    message = check_resources(greedy, {"CPU": 2.0})
+    assert message and "need 3.75 CPUs" in message and "reports 2 CPUs" in message
+    assert check_resources(load_config(preset=preset_overrides("gpu-1", 1)), {"CPU": 16.0}) and \
+        check_resources(load_config(preset=preset_overrides("gpu-1", 1)), {"CPU": 16.0, "GPU": 1.0}) is None
