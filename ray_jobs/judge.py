@@ -54,9 +54,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from ray_jobs.prompts import neutralise
+from ray_jobs.prompts import fill, neutralise, read_versioned_yaml
 from ray_jobs.tables import to_table, write_atomic
 
 log = logging.getLogger(__name__)
@@ -127,25 +126,11 @@ class Rubric:
         return tuple(c for c, _ in self.criteria)
 
 
-def _fill(text: str, values: Mapping[str, str]) -> str:
-    """Replace ``{key}`` placeholders in one pass (values are never re-scanned)."""
-    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
-
-
 @cache
 def load_rubric(rubric: str = DEFAULT_RUBRIC) -> Rubric:
     """A rubric by id (``judge_v1`` → ``rubrics/judge_v1.yaml``) or by file path."""
-    path = Path(rubric)
-    if path.suffix not in (".yaml", ".yml"):
-        path = RUBRIC_DIR / f"{rubric}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in RUBRIC_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"judge rubric {rubric!r} not found (known: {known})")
-    raw = path.read_bytes()
-    data = yaml.safe_load(raw)
-    missing = {"name", "version", "criteria", "system", "user"} - set(data)
-    if missing:
-        raise ValueError(f"{path}: rubric lacks {sorted(missing)}")
+    path, raw, data = read_versioned_yaml(rubric, RUBRIC_DIR, {"name", "version", "criteria", "system", "user"},
+                                          "judge rubric")
     criteria = tuple((str(c["name"]), str(c["description"])) for c in data["criteria"])
     names = [c for c, _ in criteria]
     if len(set(names)) != len(names) or not all(re.fullmatch(r"[a-z_]+", c) for c in names):
@@ -175,7 +160,7 @@ def load_rubric(rubric: str = DEFAULT_RUBRIC) -> Rubric:
 def judge_messages(context: str, reply: str, rubric: Rubric | str = DEFAULT_RUBRIC) -> list[dict[str, str]]:
     """The judge's chat for one reply: fixed system message, worked examples, then the delimited data."""
     rb = load_rubric(rubric) if isinstance(rubric, str) else rubric
-    system = _fill(
+    system = fill(
         rb.system,
         {
             "criteria": "\n".join(f"- {c}: {d}" for c, d in rb.criteria),
@@ -184,7 +169,7 @@ def judge_messages(context: str, reply: str, rubric: Rubric | str = DEFAULT_RUBR
     )
 
     def user(ctx: str, rep: str) -> str:
-        return _fill(rb.user, {"context": neutralise(ctx).strip(), "reply": neutralise(rep).strip()}).strip()
+        return fill(rb.user, {"context": neutralise(ctx).strip(), "reply": neutralise(rep).strip()}).strip()
 
     messages = [{"role": "system", "content": system}]
     for ctx, rep, output in rb.examples:

@@ -88,22 +88,31 @@ class Template:
         return f"{self.name}_v{self.version}"
 
 
+def read_versioned_yaml(ref: str, folder: Path, required: set[str], kind: str) -> tuple[Path, bytes, dict]:
+    """(path, raw bytes, data) of a versioned YAML file given by id (``NAME_vN`` in ``folder``) or by path.
+
+    Shared by prompt templates and judge rubrics: both are versioned files whose hash goes into every row.
+    """
+    path = Path(ref)
+    if path.suffix not in (".yaml", ".yml"):
+        path = folder / f"{ref}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise FileNotFoundError(f"{kind} {ref!r} not found (known: {known})")
+    raw = path.read_bytes()
+    data = yaml.safe_load(raw)
+    missing = required - set(data)
+    if missing:
+        raise ValueError(f"{path}: {kind} lacks {sorted(missing)}")
+    return path, raw, data
+
+
 @cache
 def load_template(template: str = DEFAULT_TEMPLATE) -> Template:
     """A template by id (``intervention_v1`` → ``templates/intervention_v1.yaml``) or by file path."""
-    path = Path(template)
-    if path.suffix not in (".yaml", ".yml"):
-        path = TEMPLATE_DIR / f"{template}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml")))
-        raise FileNotFoundError(
-            f"prompt template {template!r} not found (known: {known})"
-        )
-    raw = path.read_bytes()
-    data = yaml.safe_load(raw)
-    missing = {"name", "version", "system", "user", "cue_block"} - set(data)
-    if missing:
-        raise ValueError(f"{path}: template lacks {sorted(missing)}")
+    path, raw, data = read_versioned_yaml(
+        template, TEMPLATE_DIR, {"name", "version", "system", "user", "cue_block"}, "prompt template"
+    )
     tpl = Template(
         name=str(data["name"]),
         version=int(data["version"]),
@@ -127,7 +136,7 @@ def load_template(template: str = DEFAULT_TEMPLATE) -> Template:
     return tpl
 
 
-def _fill(text: str, values: Mapping[str, str]) -> str:
+def fill(text: str, values: Mapping[str, str]) -> str:
     """Replace ``{key}`` placeholders in one pass (values are never re-scanned for placeholders)."""
     return re.sub(
         r"\{(\w+)\}",
@@ -390,8 +399,8 @@ def render_messages(
 ) -> tuple[list[dict[str, str]], str, dict[str, bool]]:
     """(chat messages, cue text, channel availability) for a context whose last turn is the client's."""
     cues, avail = render_cues(context[-1], condition)
-    cue_block = _fill(template.cue_block, {"cues": cues}) if cues else ""
-    user = _fill(
+    cue_block = fill(template.cue_block, {"cues": cues}) if cues else ""
+    user = fill(
         template.user,
         {"transcript": render_transcript(context, max_turn_chars), "cues": cue_block},
     )
