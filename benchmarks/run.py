@@ -108,14 +108,18 @@ def time_stages(path: Path, threads: int) -> dict:
     return t
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
+def _tree_memory(root: psutil.Process) -> tuple[int, int]:
+    """(RSS sum, PSS sum) over a process tree. RSS counts shared pages (torch's libraries, Ray's object
+    store) once per process that maps them; PSS splits them between those processes, so its sum is the
+    memory the tree really holds."""
+    rss = pss = 0
     for p in [root, *root.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
         except psutil.Error:
             continue
-    return total
+    return rss, pss
 
 
 def run_pipeline(path: Path, out: Path, extra: list[str]) -> dict:
@@ -125,15 +129,16 @@ def run_pipeline(path: Path, out: Path, extra: list[str]) -> dict:
     started = time.perf_counter()
     proc = subprocess.Popen([str(exe), "run", str(path), "--out", str(out), "-q", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = 0
+    peak_rss = peak_pss = 0
     root = psutil.Process(proc.pid)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak_rss, peak_pss
         while not done.is_set():
-            peak = max(peak, _tree_rss(root))
-            time.sleep(0.25)
+            rss, pss = _tree_memory(root)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -143,7 +148,7 @@ def run_pipeline(path: Path, out: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"emoguide run failed ({proc.returncode}):\n{stderr[-3000:]}")
-    result = {"wall_s": wall, "peak_rss_mib": peak / 2**20}
+    result = {"wall_s": wall, "peak_rss_mib": peak_rss / 2**20, "peak_pss_mib": peak_pss / 2**20}
     for line in stdout.splitlines():
         if line.startswith("interventions:"):
             result["summary"] = line
@@ -204,7 +209,8 @@ def markdown(report: dict) -> str:
     for stage, rtf in report["stage_real_time_factor"].items():
         rows.append(f"| {stage} alone: real-time factor (s per media s) | {rtf:.4f} ({1 / rtf:.1f}x real time) |")
     rows.append(f"| perception pipeline, Ray start included: x real time | {report['perception_x_real_time']:.2f} |")
-    rows.append(f"| peak RSS, driver + all Ray processes | {report['peak_rss_mib']:.0f} MiB |")
+    rows.append(f"| peak RSS summed over the driver and all Ray processes | {report['peak_rss_mib']:.0f} MiB |")
+    rows.append(f"| peak PSS summed (shared pages counted once) | {report['peak_pss_mib']:.0f} MiB |")
     g = report.get("generation", {})
     if "batched_tokens_per_s" in g:
         rows.append(f"| generation, CPU twin, batch {g['batch_size']}: tokens/s | {g['batched_tokens_per_s']:.1f} |")
@@ -237,6 +243,7 @@ def main() -> None:
     report["perception_wall_s"] = run["wall_s"]
     report["perception_x_real_time"] = media_s / run["wall_s"]
     report["peak_rss_mib"] = run["peak_rss_mib"]
+    report["peak_pss_mib"] = run["peak_pss_mib"]
     report["generation"] = time_generation(work / "run")
     report["generation_tokens_per_s"] = report["generation"].get("batched_tokens_per_s")
     if not args.skip_scaling:
@@ -244,7 +251,7 @@ def main() -> None:
         for workers in (1, 2):
             r = run_pipeline(path, work / f"scale{workers}", ["--no-generate", "--config", str(scaling_config(workers, work))])
             report["scaling"][workers] = {"wall_s": r["wall_s"], "x_real_time": media_s / r["wall_s"],
-                                          "peak_rss_mib": r["peak_rss_mib"]}
+                                          "peak_rss_mib": r["peak_rss_mib"], "peak_pss_mib": r["peak_pss_mib"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))
     (args.out / "latest.md").write_text(markdown(report))

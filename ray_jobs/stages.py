@@ -14,10 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from models.asr import Transcriber
-from models.diarize import SpeakerEmbedder, cut_windows, speech_windows
-from models.face import FaceAnalyzer
-from models.voice import EgemapsExtractor, TransformersVoiceEmotion
 from models.registry import resolve
 from ray_jobs.config import RunConfig
 from ray_jobs.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
@@ -77,6 +73,8 @@ class AsrStage:
     """Transcribes each chunk's audio; loads the Whisper model once per actor."""
 
     def __init__(self, config: RunConfig) -> None:
+        from models.asr import Transcriber
+
         c = config.asr
         model = resolve("asr", c.model, c.path, allow_network=config.allow_network)
         self.transcriber = Transcriber(
@@ -103,6 +101,8 @@ class FaceStage:
     """
 
     def __init__(self, config: RunConfig) -> None:
+        from models.face import FaceAnalyzer
+
         c = config.face
         self.analyzer = FaceAnalyzer(
             resolve("face_detector", c.detector, c.detector_path, allow_network=config.allow_network),
@@ -139,17 +139,20 @@ class SpeakerStage:
     """
 
     def __init__(self, config: RunConfig) -> None:
+        from models.diarize import SpeakerEmbedder, cut_windows, speech_windows
+
         c = config.speakers
         model = resolve("speaker_embedding", c.model, c.path, allow_network=config.allow_network)
         self.embedder = SpeakerEmbedder(model, device=c.device)
+        self.speech_windows, self.cut_windows = speech_windows, cut_windows
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("error"):
             return row
         try:
             words = [w for seg in row["segments"] for w in seg["words"]]
-            windows = speech_windows(words)
-            embeddings = self.embedder.embed(cut_windows(row["audio"], windows, offset_s=float(row["start_s"])))
+            windows = self.speech_windows(words)
+            embeddings = self.embedder.embed(self.cut_windows(row["audio"], windows, offset_s=float(row["start_s"])))
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "speakers", exc)
         row["speaker_windows"] = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
@@ -171,6 +174,8 @@ class VoiceStage:
     """
 
     def __init__(self, config: RunConfig) -> None:
+        from models.voice import EgemapsExtractor, TransformersVoiceEmotion
+
         c = config.voice
         model = resolve("voice_emotion", c.model, c.path, allow_network=config.allow_network)
         self.extractor = EgemapsExtractor()

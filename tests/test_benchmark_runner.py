@@ -29,4 +29,5 @@ def test_runner_writes_a_well_formed_report(tmp_path):
     # the dialogue's roles are unknown without an override, so there may be no prompts: either way a record
     assert "batched_tokens_per_s" in report["generation"] or "note" in report["generation"]
     table = (tmp_path / "latest.md").read_text()
-    assert "| perception pipeline" in table and "peak RSS" in table
+    assert "| perception pipeline" in table and "peak RSS" in table and "peak PSS" in table
+    assert 0 < report["peak_pss_mib"] <= report["peak_rss_mib"]
