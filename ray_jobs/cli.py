@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join a Ray cluster: 'auto' or 'ray://HOST:10001' (default: start Ray here)")
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    run.add_argument("--object-store-mib", type=int, default=1024,
+                     help="object store of the local Ray instance; it bounds the chunks in flight (default 1024)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                      help="devices and resources per stage (auto: cpu without GPUs, gpu-1 / gpu-n with them)")
@@ -136,7 +138,7 @@ def guard_network() -> None:
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost,127.0.0.1,::1"
 
 
-def _start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
+def _start_ray(address: str | None, num_cpus: int | None, quiet: bool, object_store_mib: int = 1024) -> None:
     import ray
 
     if quiet:
@@ -152,6 +154,9 @@ def _start_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         _node_ip_address="127.0.0.1",
+        # Ray's default object store is 30% of RAM, and decode fills whatever it is given ahead of ASR:
+        # a fixed store keeps memory flat however long the session (Ray Data throttles decode to fit).
+        object_store_memory=object_store_mib * 2**20,
         _temp_dir=os.environ.get("RAY_TMPDIR"),
     )
 
@@ -217,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.allow_network:
         guard_network()
     started = time.monotonic()
-    _start_ray(args.address, args.num_cpus, args.quiet)
+    _start_ray(args.address, args.num_cpus, args.quiet, args.object_store_mib)
     try:
         import ray
 
