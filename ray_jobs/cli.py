@@ -154,8 +154,8 @@ def _start_ray(address: str | None, num_cpus: int | None, quiet: bool, object_st
         include_dashboard=False,
         logging_level=logging.WARNING,
         _node_ip_address="127.0.0.1",
-        # Ray's default object store is 30% of RAM, and decode fills whatever it is given ahead of ASR:
-        # a fixed store keeps memory flat however long the session (Ray Data throttles decode to fit).
+        # Ray's default object store is 30% of RAM, and decode may run ahead of ASR into whatever it is
+        # given: a fixed store bounds that (Ray Data throttles decode to fit).
         object_store_memory=object_store_mib * 2**20,
         _temp_dir=os.environ.get("RAY_TMPDIR"),
     )
