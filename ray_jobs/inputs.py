@@ -45,8 +45,9 @@ class SessionInput:
     path: str
 
 
-def _safe_id(text: str) -> str:
-    cleaned = _ID_UNSAFE.sub("_", text).strip("._")
+def safe_id(text: str) -> str:
+    """``text`` as a session id that is also a safe file name (part files, report pages)."""
+    cleaned = _ID_UNSAFE.sub("_", str(text)).strip("._")
     return cleaned or "session"
 
 
@@ -116,18 +117,18 @@ def collect_sessions(inputs: list[str]) -> list[SessionInput]:
     stems: dict[str, int] = {}
     for resolved, sid in unique.items():
         if sid is None:
-            stem = _safe_id(PurePosixPath(_name(resolved)).stem)
+            stem = safe_id(PurePosixPath(_name(resolved)).stem)
             stems[stem] = stems.get(stem, 0) + 1
 
     sessions: list[SessionInput] = []
     used: set[str] = set()
     for resolved, sid in unique.items():
         if sid is None:
-            sid = _safe_id(PurePosixPath(_name(resolved)).stem)
+            sid = safe_id(PurePosixPath(_name(resolved)).stem)
             if stems[sid] > 1:
                 sid = f"{sid}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
         else:
-            sid = _safe_id(sid)
+            sid = safe_id(sid)
         if sid in used:
             raise InputError(f"session id {sid!r} is used by two different inputs; give unique session_id values")
         used.add(sid)

@@ -189,9 +189,9 @@ def run_pipeline(
                 {**meta[sid], "wall_s": wall_s}, chunks, config, voice, partial(_span_features, paths[sid])
             )
         except Exception as exc:  # noqa: BLE001 - a reducer bug fails this session only
-            lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "reduce",
-                    "error": f"{type(exc).__name__}: {exc}"}
-            session_row, utterances = reduce_session({**meta[sid], "wall_s": wall_s}, [lost], config)
+            session_row, utterances = reduce_session(
+                {**meta[sid], "wall_s": wall_s}, [_failed_chunk("reduce", f"{type(exc).__name__}: {exc}")], config
+            )
         _finish(out_dir, summary, session_row, utterances, total, on_session)
 
     if todo:
@@ -212,9 +212,8 @@ def run_pipeline(
         finished = {row["session_id"] for row in summary.sessions}
         for sid in [s.session_id for s in todo if s.session_id not in finished]:
             # chunks that never came back: the session is recorded as failed, never silently dropped
-            lost = {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": "pipeline",
-                    "error": "not all chunks came back from the pipeline"}
-            reduce(sid, pending.pop(sid, []) + [lost], None)
+            reduce(sid, pending.pop(sid, []) + [_failed_chunk("pipeline", "not all chunks came back from the pipeline")],
+                   None)
 
     ids = [s.session_id for s in sessions]
     if config.generation.enabled:
@@ -249,6 +248,11 @@ def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig) -> Non
         if len(done[sid]) == expected[sid]:
             write_interventions_part(out_dir, sid, done.pop(sid), ghash)
     summary.generation_s = time.monotonic() - started
+
+
+def _failed_chunk(stage: str, error: str) -> dict[str, Any]:
+    """A marker chunk, ordered after every real one, that makes the reducer record the session's failure."""
+    return {"chunk_index": 1 << 30, "start_s": 0.0, "end_s": 0.0, "failed_stage": stage, "error": error}
 
 
 def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:

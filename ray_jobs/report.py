@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from models.emotion import LABELS
+from ray_jobs.inputs import safe_id
 from ray_jobs.tables import open_atomic
 
 ASSETS = Path(__file__).resolve().parent / "report_assets"
@@ -41,7 +42,6 @@ REFERENCE_CONDITIONS = (
     "therapist",
 )  # judgements of the therapist's actual reply, if any
 MAX_PROMPT_CHARS = 20_000  # a shown prompt keeps its end (context + cue) beyond this
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _KEYS = (
     "session_id",
     "utt_id",
@@ -106,10 +106,6 @@ def abbrev(criterion: str | None) -> str:
     return {"empathy": "E", "comprehensiveness": "C", "applicability": "A"}.get(
         text, text[:3]
     )
-
-
-def safe_name(session_id: str) -> str:
-    return _UNSAFE.sub("_", str(session_id)).strip("._") or "session"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -611,7 +607,7 @@ def page_names(session_ids: Sequence[str]) -> dict[str, str]:
     names: dict[str, str] = {}
     used = {"index"}
     for sid in session_ids:
-        base = safe_name(sid)
+        base = safe_id(sid)
         name, n = base, 1
         while name.lower() in used:
             n += 1
