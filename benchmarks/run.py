@@ -80,7 +80,7 @@ def time_stages(path: Path, threads: int) -> dict:
     chunks = list(iter_chunks(path, fps=cfg.decode.fps, chunk_s=cfg.decode.chunk_s, max_side=cfg.decode.max_side))
     t["decode"] = time.perf_counter() - started
 
-    face = FaceAnalyzer(resolve("face_detector"), resolve("face_emotion"))
+    face = FaceAnalyzer(resolve("face_detector"), resolve("face_emotion"), resolve("face_landmarks"))
     started = time.perf_counter()
     for c in chunks:
         face.analyze(c.frames)

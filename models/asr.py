@@ -3,6 +3,11 @@
 Settings follow the paper's needs: VAD on (sessions have long silences), word timestamps (later
 stages split utterances at speaker changes and align frames to words), temperature 0 (runs are
 repeatable).
+
+Whisper's word timings stretch over pauses: the last word before a silence often ends, and the first
+word after it often starts, in the middle of the silence. Everything downstream reads these times
+(speaker windows, utterance spans, face frames, voice features), so each word is trimmed to the
+voiced audio inside it (:func:`trim_to_voice`).
 """
 
 from __future__ import annotations
@@ -74,15 +79,20 @@ class Transcriber:
             word_timestamps=True,
             condition_on_previous_text=False,
         )
+        voiced = voiced_frames(audio)
         out: list[Segment] = []
         for s in segments:
             words = tuple(
-                Word(w.start + offset_s, w.end + offset_s, w.word, w.probability) for w in (s.words or [])
+                Word(*(t + offset_s for t in trim_to_voice(w.start, w.end, voiced, first_in_segment=i == 0)),
+                     w.word, w.probability)
+                for i, w in enumerate(s.words or [])
             )
+            start, end = (min(w.start for w in words), max(w.end for w in words)) if words else (
+                s.start + offset_s, s.end + offset_s)
             out.append(
                 Segment(
-                    start=s.start + offset_s,
-                    end=s.end + offset_s,
+                    start=start,
+                    end=end,
                     text=s.text.strip(),
                     avg_logprob=s.avg_logprob,
                     no_speech_prob=s.no_speech_prob,
@@ -90,3 +100,44 @@ class Transcriber:
                 )
             )
         return out
+
+
+HOP_S = 0.01  # voicing is decided per 10 ms (25 ms windows)
+_WIN = 400
+
+
+def voiced_frames(audio: np.ndarray, sr: int = 16_000, below_peak_db: float = 35.0, above_noise_db: float = 10.0
+                  ) -> np.ndarray:
+    """Per 10 ms hop: is there speech energy? Louder than both ``below_peak_db`` under the loud end of
+    the audio (its 99th percentile, so one click does not set it) and ``above_noise_db`` over its
+    noise floor (10th percentile): digital silence and room noise are both left out."""
+    hop = round(HOP_S * sr)
+    if len(audio) < _WIN:
+        return np.zeros(0, dtype=bool)
+    power = np.concatenate([[0.0], np.cumsum(np.asarray(audio, np.float64) ** 2)])
+    starts = np.arange(0, len(audio) - _WIN + 1, hop)
+    db = 10 * np.log10((power[starts + _WIN] - power[starts]) / _WIN + 1e-12)
+    threshold = max(np.percentile(db, 99) - below_peak_db, np.percentile(db, 10) + above_noise_db)
+    return db > threshold
+
+
+def trim_to_voice(start: float, end: float, voiced: np.ndarray, first_in_segment: bool = False,
+                  pause_s: float = 0.3, pad_s: float = 0.03) -> tuple[float, float]:
+    """``(start, end)`` (seconds into the audio) shrunk to the voiced audio inside it, with ``pad_s`` of
+    margin for soft onsets; unchanged when nothing inside is voiced (a quiet word is still a word).
+
+    A word that spans a pause of ``pause_s`` or more is in one of the voiced stretches around it, and
+    Whisper's habit says which: a word stretched over a pause is almost always the last one before it,
+    so the first stretch is kept, except for a segment's first word, whose start is the one pulled
+    early into the preceding silence.
+    """
+    first, last = max(int(np.floor(start / HOP_S)), 0), max(int(np.ceil(end / HOP_S)), 0)
+    inside = np.flatnonzero(voiced[first:last])
+    if not len(inside):
+        return start, end
+    breaks = np.flatnonzero(np.diff(inside) * HOP_S >= pause_s)
+    islands = np.split(inside, breaks + 1)
+    keep = islands[-1] if first_in_segment else islands[0]
+    a = (first + keep[0]) * HOP_S - pad_s
+    b = (first + keep[-1]) * HOP_S + _WIN / 16_000 + pad_s
+    return max(start, a), min(end, b)

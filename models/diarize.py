@@ -639,12 +639,15 @@ def diarization_error_rate(
     reference: Sequence[tuple[float, float, str]],
     hypothesis: Sequence[tuple[float, float, str]],
     step_s: float = 0.01,
+    collar_s: float = 0.0,
 ) -> dict[str, float]:
-    """Standard DER, frame-level (``step_s``), no collar, overlap scored, optimal 1:1 speaker map.
+    """Standard DER, frame-level (``step_s``), overlap scored, optimal 1:1 speaker map.
 
     ``reference``/``hypothesis``: (start, end, speaker) turns. DER = (missed + false alarm +
     confusion) / total reference speech, each term in speaker-seconds as in NIST md-eval and
     pyannote.metrics; the speaker mapping maximises the co-occurring time (Hungarian algorithm).
+    ``collar_s`` leaves out of the scoring every frame within that distance of a reference turn's
+    start or end (NIST's forgiveness collar, often 0.25 s: reference boundaries are uncertain).
     Returns der, miss, false_alarm, confusion (fractions of reference speech) and total_s.
     """
     from scipy.optimize import linear_sum_assignment
@@ -662,6 +665,14 @@ def diarization_error_rate(
         return m
 
     r, h = grid(reference, ref_spk), grid(hypothesis, hyp_spk)
+    if collar_s > 0:
+        scored = np.ones(n, dtype=bool)
+        width = round(collar_s / step_s)
+        for s, e, _ in reference:
+            for edge in (round(s / step_s), round(e / step_s)):
+                scored[max(0, edge - width): edge + width] = False
+        r, h = r[:, scored], h[:, scored]
+        n = int(scored.sum())
     nr, nh = r.sum(0), h.sum(0)
     total = nr.sum()
     if total == 0:

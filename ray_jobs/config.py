@@ -61,6 +61,9 @@ class FaceConfig:
     emotion: str = "fer-mini-xception"
     emotion_path: str | None = None
     min_score: float = 0.5  # detector confidence below which a face is not a face
+    landmarks: str = "facemesh-v1"  # mouth opening, for telling whose face is whose
+    landmarks_path: str | None = None
+    max_faces: int = 4  # faces kept per frame, largest first
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
 
 
@@ -291,6 +294,8 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("speakers: need 1 <= min_speakers <= max_speakers and num_speakers >= 1")
     if not 0.0 < config.face.min_score < 1.0:
         raise ConfigError(f"face.min_score must be in (0, 1), got {config.face.min_score}")
+    if config.face.max_faces < 1:
+        raise ConfigError(f"face.max_faces must be at least 1, got {config.face.max_faces}")
     for stage in STAGES:
         r: Resources = getattr(config, stage).resources
         if r.num_cpus < 0 or r.num_gpus < 0:

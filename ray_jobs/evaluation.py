@@ -49,7 +49,8 @@ def evaluate_face(videos: Sequence[Path], fps: float = 2.0) -> dict[str, Any]:
     """Detection rate, mean probabilities and top-class shares over frames sampled as the pipeline does."""
     analyzer = FaceAnalyzer(resolve("face_detector"), resolve("face_emotion"))
     try:
-        results = [analyzer.analyze(c.frames) for v in videos for c in iter_chunks(v, fps=fps) if len(c.frames)]
+        results = [analyzer.analyze(c.frames).largest() for v in videos for c in iter_chunks(v, fps=fps)
+                   if len(c.frames)]
     finally:
         analyzer.close()
     found = np.concatenate([r.found for r in results])

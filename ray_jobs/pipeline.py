@@ -81,6 +81,8 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
         "asr": resolve("asr", config.asr.model, config.asr.path, allow_network=net),
         "face_detector": resolve("face_detector", config.face.detector, config.face.detector_path, allow_network=net),
         "face_emotion": resolve("face_emotion", config.face.emotion, config.face.emotion_path, allow_network=net),
+        "face_landmarks": resolve("face_landmarks", config.face.landmarks, config.face.landmarks_path,
+                                  allow_network=net),
         "voice_emotion": resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=net),
         "speaker_embedding": resolve("speaker_embedding", config.speakers.model, config.speakers.path,
                                      allow_network=net),

@@ -23,10 +23,11 @@ import numpy as np
 
 from models.diarize import assign_words, cluster_speakers, split_by_speaker
 from models.emotion import LABELS
-from models.face import FaceFrames, aggregate
+from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
 from ray_jobs import dissonance
 from ray_jobs.config import RunConfig
+from ray_jobs.face_tracks import FaceAttribution, attribute
 from ray_jobs.redact import redact, redact_words
 from ray_jobs.roles import assign_roles
 
@@ -124,20 +125,28 @@ def _voice_columns(probs: np.ndarray, valence: float, arousal: float) -> dict[st
     }
 
 
-def session_faces(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, FaceFrames]:
-    """Per-frame face results of the whole session (frame times, FaceFrames), from its usable chunks."""
-    usable = [c for c in chunks if c.get("face_found") is not None]
+def session_faces(chunks: list[dict[str, Any]], max_faces: int) -> tuple[np.ndarray, AllFaces]:
+    """Every face of every sampled frame of the whole session (frame times, AllFaces), from its usable chunks."""
+    usable = [c for c in chunks if c.get("face_count") is not None]
+    if not usable:
+        return np.zeros(0), AllFaces.empty(0, max_faces)
+    parts = {name: np.concatenate([np.asarray(c[f"face_{name}"]) for c in usable]) for name in AllFaces.__dataclass_fields__}
+    return np.concatenate([np.asarray(c["frame_times"], np.float64) for c in usable]), AllFaces(**parts)
 
-    def cat(key: str, width: int | None = None, dtype: type = np.float32) -> np.ndarray:
-        tail = (width,) if width else ()
-        parts = [np.asarray(c[key], dtype=dtype).reshape(-1, *tail) for c in usable]
-        return np.concatenate(parts) if parts else np.zeros((0, *tail), dtype)
 
-    faces = FaceFrames(
-        cat("face_found", dtype=bool), cat("face_boxes", 4), cat("face_scores"),
-        cat("face_probs", len(LABELS)), cat("face_valence"), cat("face_arousal"),
-    )
-    return cat("frame_times", dtype=np.float64), faces
+def face_columns(
+    utterances: list[dict[str, Any]], frame_times: np.ndarray, faces: AllFaces, who: FaceAttribution,
+    client: str | None,
+) -> None:
+    """Set each utterance's face columns from the client's face, or from its own speaker's face where the
+    session has no known client (a monologue, roles unknown); ``face_person`` says which person it was."""
+    views: dict[int | None, FaceFrames] = {}
+    for utt in utterances:
+        person = who.speaker_person.get(client if client is not None else utt["speaker"])
+        if person not in views:
+            views[person] = faces.pick(who.slots(person))
+        utt.update(aggregate(frame_times, views[person], utt["start_s"], utt["end_s"]))
+        utt["face_person"] = person
 
 
 def reduce_session(
@@ -171,11 +180,13 @@ def reduce_session(
     if override not in {u["speaker"] for u in utterances}:
         override = None
     roles = assign_roles(utterances, override, config.speakers.min_role_confidence)
-    frame_times, faces = session_faces(usable)
     for utt, pros in zip(utterances, prosody(features), strict=True):
         utt["role"] = roles.role_for(utt["speaker"])
-        utt.update(aggregate(frame_times, faces, utt["start_s"], utt["end_s"]))
         utt["prosody"] = pros
+    frame_times, faces = session_faces(usable, config.face.max_faces)
+    who = attribute(frame_times, faces, [w for seg in segments for w in seg["words"]])
+    client = next((u["speaker"] for u in utterances if u["role"] == "client"), None)
+    face_columns(utterances, frame_times, faces, who, client)
     if voice is not None and utterances:
         result = voice.predict(features, [u["speaker"] for u in utterances])
         for i, utt in enumerate(utterances):
@@ -193,6 +204,7 @@ def reduce_session(
         "n_utterances": len(utterances),
         "n_speakers": n_speakers,
         "role_confidence": roles.confidence if utterances else None,
+        "face_attribution": who.record(),
         **dissonance.session_summary(utterances),
     }
     return row, utterances

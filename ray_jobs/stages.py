@@ -95,19 +95,23 @@ class AsrStage:
 
 
 class FaceStage:
-    """Per sampled frame: the main face, its emotion probabilities and valence/arousal.
+    """Per sampled frame: every face (up to ``face.max_faces``), its emotion, mouth opening and colour
+    signature; whose face is whose is decided per session in the reducer.
 
-    Frames are dropped here: only small per-frame arrays travel on.
+    Frames are dropped here: only small per-face arrays travel on.
     """
 
     def __init__(self, config: RunConfig) -> None:
         from models.face import FaceAnalyzer
 
         c = config.face
+        net = config.allow_network
         self.analyzer = FaceAnalyzer(
-            resolve("face_detector", c.detector, c.detector_path, allow_network=config.allow_network),
-            resolve("face_emotion", c.emotion, c.emotion_path, allow_network=config.allow_network),
+            resolve("face_detector", c.detector, c.detector_path, allow_network=net),
+            resolve("face_emotion", c.emotion, c.emotion_path, allow_network=net),
+            resolve("face_landmarks", c.landmarks, c.landmarks_path, allow_network=net),
             min_score=c.min_score,
+            max_faces=c.max_faces,
         )
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +123,7 @@ class FaceStage:
             faces = self.analyzer.analyze(frames)
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "face", exc)
-        row.update(
-            face_found=faces.found, face_boxes=faces.boxes, face_scores=faces.scores,
-            face_probs=faces.probs, face_valence=faces.valence, face_arousal=faces.arousal,
-        )
+        row.update({f"face_{name}": value for name, value in vars(faces).items()})
         return row
 
     def __del__(self) -> None:

@@ -44,6 +44,7 @@ SESSIONS = pa.schema(
         ("n_utterances", pa.int32()),
         ("n_speakers", pa.int32()),
         ("role_confidence", pa.float64()),  # 0..1; below speakers.min_role_confidence roles are "unknown"
+        ("face_attribution", pa.string()),  # JSON: people seen, speaker -> person, method, synchrony
         ("dissonance_rate", pa.float64()),
         ("dissonance_longest_run", pa.int32()),  # consecutive dissonant client utterances
         ("dissonance_longest_run_s", pa.float64()),
@@ -66,6 +67,7 @@ UTTERANCES = pa.schema(
         ("text", pa.string()),
         ("words", pa.list_(WORD)),
         ("asr_logprob", pa.float64()),
+        ("face_person", pa.int32()),  # whose face the face columns show (face_attribution); null: nobody's
         ("face_coverage", pa.float64()),
         ("face_probs", pa.list_(pa.float32(), len(LABELS))),
         ("face_valence", pa.float64()),

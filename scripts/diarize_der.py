@@ -49,19 +49,10 @@ from models.diarize import (
 )
 from models.registry import resolve
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from synth import speech_span  # noqa: E402
+
 SR = 16_000
-
-
-def speech_span(wav: np.ndarray, floor_db: float = 35.0) -> tuple[int, int]:
-    """First and last sample of speech: 25 ms frames within ``floor_db`` of the loudest frame."""
-    hop, win = 160, 400
-    n = max(1, (len(wav) - win) // hop + 1)
-    rms = np.array([np.sqrt(np.mean(wav[i * hop : i * hop + win] ** 2) + 1e-12) for i in range(n)])
-    db = 20 * np.log10(rms)
-    active = np.flatnonzero(db > max(db.max() - floor_db, -60.0))
-    if active.size == 0:
-        return 0, len(wav)
-    return int(active[0] * hop), int(min(len(wav), active[-1] * hop + win))
 
 
 def load_flac(path: Path) -> np.ndarray:
@@ -82,7 +73,7 @@ def build_conversation(
     """Concatenate speech spans of clips with random gaps; reference turns (start, end, speaker)."""
     pieces, ref, t = [], [], 0.0
     for spk, wav in turns:
-        a, b = speech_span(wav)
+        a, b = (round(x * SR) for x in speech_span(wav))
         seg = wav[a:b]
         gap = np.zeros(int(rng.uniform(*gap_s) * SR), dtype=np.float32)
         pieces += [gap, seg]
@@ -157,7 +148,7 @@ def grid_pair(fa: str, fb: str, seed: int) -> tuple[np.ndarray, list]:
     halves = {}
     for f in (fa, fb):
         wav = load_audio(DATA / "grid" / f)
-        a, b = speech_span(wav)
+        a, b = (round(x * SR) for x in speech_span(wav))
         wav = wav[a:b]
         # cut at the quietest 30 ms in the middle third
         lo, hi = len(wav) // 3, 2 * len(wav) // 3

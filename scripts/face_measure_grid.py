@@ -65,7 +65,7 @@ def main() -> None:
     analyzer.emotion.predict(crops)
     t_emo = (time.perf_counter() - t0) / max(len(crops), 1)
     t0 = time.perf_counter()
-    result = analyzer.analyze(frames)
+    result = analyzer.analyze(frames).largest()
     t_all = (time.perf_counter() - t0) / len(frames)
 
     probs = result.probs[result.found]

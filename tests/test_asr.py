@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.asr import Transcriber
+from models.asr import HOP_S, Transcriber, trim_to_voice, voiced_frames
 from models.registry import ModelNotFoundError, resolve
 from ray_jobs.media import load_audio
 from textnorm import grid_sentence, normalise, wer
@@ -58,3 +58,42 @@ def test_word_timings_match_the_grid_alignment(transcriber, grid_dir):
 def test_silence_gives_no_segments(transcriber):
     assert transcriber.transcribe(np.zeros(16000 * 3, dtype=np.float32)) == []
     assert transcriber.transcribe(np.zeros(100, dtype=np.float32)) == []
+
+
+def _tones(spans: list[tuple[float, float]], total_s: float, noise: float = 1e-4) -> np.ndarray:
+    t = np.arange(int(total_s * 16000)) / 16000
+    audio = noise * np.random.default_rng(0).standard_normal(len(t))
+    for a, b in spans:
+        inside = (t >= a) & (t < b)
+        audio[inside] += 0.3 * np.sin(2 * np.pi * 220 * t[inside])
+    return audio.astype(np.float32)
+
+
+def test_voiced_frames_find_speech_and_leave_out_noise():
+    voiced = voiced_frames(_tones([(1.0, 2.0), (3.0, 3.5)], 5.0))
+    on = np.flatnonzero(voiced) * HOP_S
+    assert 0.95 <= on.min() <= 1.0 and 3.45 <= on.max() <= 3.5
+    assert not voiced[int(2.1 / HOP_S): int(2.9 / HOP_S)].any()
+
+
+def test_words_stretched_over_a_pause_are_trimmed_to_their_speech():
+    voiced = voiced_frames(_tones([(1.0, 2.0), (3.0, 3.5)], 5.0))
+    # the last word before the pause absorbed it: keep the stretch before the pause
+    a, b = trim_to_voice(1.8, 3.2, voiced)
+    assert 1.75 <= a <= 1.8 and 2.0 <= b <= 2.1
+    # a segment's first word starts early in the silence before it: keep the stretch after
+    a, b = trim_to_voice(1.8, 3.2, voiced, first_in_segment=True)
+    assert 2.9 <= a <= 3.0 and b == 3.2
+    # silence on both sides only is cut away; a word with no voiced audio is left as it is
+    assert trim_to_voice(0.5, 1.5, voiced)[0] >= 0.95
+    assert trim_to_voice(4.0, 4.5, voiced) == (4.0, 4.5)
+
+
+def test_output_words_lie_on_voiced_audio(transcriber, grid_dir):
+    audio = load_audio(grid_dir / "id2_vcd_swwp2s.mpg")
+    voiced = voiced_frames(audio)
+    words = [w for s in transcriber.transcribe(audio) for w in s.words]
+    assert words
+    for w in words:
+        if w.end > w.start:
+            assert voiced[int(w.start / HOP_S): int(np.ceil(w.end / HOP_S))].any(), w

@@ -16,7 +16,7 @@ import pytest
 
 from models import registry
 from models.emotion import LABELS, valence_arousal
-from models.face import FaceAnalyzer, FaceDetector, FaceFrames, HSEmotionOnnx, aggregate
+from models.face import AllFaces, FaceAnalyzer, FaceDetector, FaceFrames, HSEmotionOnnx, MouthOpening, aggregate, appearance
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 
@@ -50,14 +50,14 @@ def grid_frames() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def analyzer():
-    analyzer = FaceAnalyzer(_resolve("face_detector"), _resolve("face_emotion"))
+    analyzer = FaceAnalyzer(_resolve("face_detector"), _resolve("face_emotion"), _resolve("face_landmarks"))
     yield analyzer
     analyzer.close()
 
 
 @pytest.fixture(scope="module")
 def grid_faces(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> FaceFrames:
-    return analyzer.analyze(grid_frames)
+    return analyzer.analyze(grid_frames).largest()
 
 
 def test_face_found_in_grid_frames(grid_faces: FaceFrames) -> None:
@@ -82,11 +82,63 @@ def test_grid_emotions_are_canonical_and_neutral(grid_faces: FaceFrames) -> None
 def test_frames_without_face_get_nan_rows(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:
     blank = np.full_like(grid_frames[:2], 128)
     result = analyzer.analyze(np.concatenate([blank[:1], grid_frames[:1], blank[1:]]))
-    assert result.found.tolist() == [False, True, False]
-    assert np.isnan(result.probs[[0, 2]]).all() and np.isnan(result.valence[[0, 2]]).all()
-    assert not np.isnan(result.probs[1]).any()
+    assert result.count.tolist() == [0, 1, 0]
+    main = result.largest()
+    assert main.found.tolist() == [False, True, False]
+    assert np.isnan(main.probs[[0, 2]]).all() and np.isnan(main.valence[[0, 2]]).all()
+    assert not np.isnan(main.probs[1]).any()
     empty = analyzer.analyze(grid_frames[:0])
-    assert empty.found.shape == (0,) and empty.probs.shape == (0, len(LABELS))
+    assert empty.count.shape == (0,) and empty.probs.shape == (0, analyzer.max_faces, len(LABELS))
+
+
+def test_every_face_gets_emotion_mouth_and_signature(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:
+    # Two GRID speakers side by side: both faces are kept, largest first, each with its own results.
+    pair = np.concatenate([grid_frames[0], grid_frames[40]], axis=1)
+    faces = analyzer.analyze(np.stack([pair, pair[:, ::-1]]))
+    assert faces.count.tolist() == [2, 2]
+    areas = (faces.boxes[..., 2] - faces.boxes[..., 0]) * (faces.boxes[..., 3] - faces.boxes[..., 1])
+    assert np.all(areas[:, 0] >= areas[:, 1])
+    assert np.isfinite(faces.probs[:, :2]).all() and np.isnan(faces.probs[:, 2:]).all()
+    assert np.isfinite(faces.mouth[:, :2]).all()
+    # the same person has the same colour signature on either side; the two people differ
+    left_first = faces.boxes[0, 0, 0] < faces.boxes[0, 1, 0]
+    a0, b0 = (faces.appearance[0, 0], faces.appearance[0, 1]) if left_first else (faces.appearance[0, 1], faces.appearance[0, 0])
+    same = [float(a0 @ faces.appearance[1, k]) for k in range(2)]
+    assert max(same) > 0.99 and float(a0 @ b0) < 0.98
+    picked = faces.pick(np.array([1, -1]))
+    assert picked.found.tolist() == [True, False]
+    np.testing.assert_array_equal(picked.probs[0], faces.probs[0, 1])
+
+
+def test_mouth_opening_follows_speech(analyzer: FaceAnalyzer) -> None:
+    # GRID's alignment file gives when the speaker of id2_vcd_swwp2s talks; the lips are wider then.
+    clip, align = GRID / "id2_vcd_swwp2s.mpg", GRID / "swwp2s.align"
+    if not clip.is_file() or not align.is_file():
+        pytest.skip(f"{clip} or its alignment not found")
+    import av
+
+    with av.open(str(clip)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    words = [line.split() for line in align.read_text().split("\n") if line.strip()]
+    speech = [(int(a) / 25000, int(b) / 25000) for a, b, w in words if w != "sil"]
+    times = np.arange(len(frames)) / 25.0
+    talking = np.array([any(a <= t <= b for a, b in speech) for t in times])
+    opening = analyzer.analyze(frames).mouth[:, 0]
+    assert np.isfinite(opening).mean() > 0.95
+    assert np.nanmean(opening[talking]) > 1.5 * np.nanmean(opening[~talking][-15:])  # vs the closed-lip ending
+    assert np.nanstd(np.diff(opening[talking])) > 2 * np.nanstd(np.diff(opening[~talking][-15:]))
+
+
+def test_mouth_model_rejects_a_non_face(analyzer: FaceAnalyzer) -> None:
+    assert analyzer.mouth is not None
+    noise = np.random.default_rng(0).integers(0, 255, (2, 120, 120, 3), dtype=np.uint8)
+    assert np.isnan(analyzer.mouth.predict(list(noise))).all()
+    assert analyzer.mouth.predict([]).shape == (0,)
+
+
+def test_appearance_of_a_flat_crop_is_defined() -> None:
+    sig = appearance(np.full((40, 40, 3), 200, np.uint8))
+    assert sig.shape == (128,) and abs(float(sig @ sig) - 1.0) < 1e-5
 
 
 def test_detector_keeps_every_face(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import data_path
 from models.diarize import diarization_error_rate
+from diarization import hypothesis, word_error_share
 from synth import build_session
 from test_run_e2e import _emoguide
 
@@ -40,13 +41,15 @@ def test_two_speakers_are_separated(run):
     assert sessions["dialogue"]["n_speakers"] == 2
     utts = [u for u in utterances if u["session_id"] == "dialogue"]
     assert {u["speaker"] for u in utts} == {"S0", "S1"}
-    reference = [(t.start_s, t.end_s, t.speaker) for t in turns]
-    hypothesis = [(u["start_s"], u["end_s"], u["speaker"]) for u in utts]
-    scores = diarization_error_rate(reference, hypothesis)
-    # Measured (Nov 2026, CAM++ on tiny.en word timings): DER 0.25 = confusion 0.09 + false alarm 0.12
-    # (word spans bridge the pauses) + miss 0.04. Bounds leave margin for thread-count jitter.
-    assert scores["confusion"] <= 0.15, scores
-    assert scores["der"] <= 0.35, scores
+    reference = [(t.speech_start_s, t.speech_end_s, t.speaker) for t in turns]
+    scores = diarization_error_rate(reference, hypothesis(utts))
+    # Who said each word is nearly always right; where speech starts and stops is the ASR's word timings.
+    # Measured (Nov 2026, CAM++ on tiny.en word timings trimmed to voiced audio, RAVDESS actors 1 and 2):
+    # DER 0.37 = miss 0.30 (words tiny.en misplaces on these cut-off sentences) + false alarm 0.07 +
+    # confusion 0.00; WDER 0.00. Bounds leave margin for thread-count jitter.
+    assert scores["confusion"] <= 0.05, scores
+    assert word_error_share(turns, utts) <= 0.05
+    assert scores["der"] <= 0.45, scores
 
 
 def test_one_speaker_stays_one(run):
