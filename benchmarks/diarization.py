@@ -11,8 +11,7 @@ Sessions (built under a temp folder, then processed by one ``emoguide run --no-g
   speaker repeats their sentence.
 
 Reference: each clip's speech span (its silent lead-in and ending trimmed by energy, see
-``synth.speech_span``), labelled with the clip's speaker. Hypothesis: the output words, each with its utterance's speaker, joined into regions
-where the same speaker's words are less than ``JOIN_S`` apart. DER is reported without a collar and
+``synth.speech_span``), labelled with the clip's speaker. Hypothesis: the run's ``sessions.speaker_turns``. DER is reported without a collar and
 with NIST's 0.25 s collar, next to the word-level diarization error (WDER), which leaves out where
 speech starts and stops and counts only who said each word. For the videos it also records whether each speaker got the face of their
 own panel (audio-visual synchrony, ``ray_jobs/face_tracks.py``).
@@ -40,7 +39,6 @@ from synth import Turn, build_session, build_two_person_session  # noqa: E402
 from models.diarize import diarization_error_rate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-JOIN_S = 0.3  # pauses shorter than this inside one speaker's speech are part of the region
 RAVDESS_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (1, 3), (2, 4), (5, 7), (6, 8)]  # mixed sex, then same sex
 GRID_PAIRS = [("bbaf2n", "lrwp9a"), ("id2_vcd_swwp2s", "brbk7n"), ("sbia1a", "lbax4n"), ("lbbc2a", "sbwe5n")]
 
@@ -65,16 +63,9 @@ def build(folder: Path) -> dict[str, tuple[str, list[Turn]]]:
     return sessions
 
 
-def hypothesis(utterances: list[dict]) -> list[tuple[float, float, str]]:
-    """Speaker regions from the output words (see the module doc)."""
-    words = sorted((w["start"], w["end"], u["speaker"]) for u in utterances for w in u["words"] if u["speaker"])
-    regions: list[list] = []
-    for start, end, speaker in words:
-        if regions and regions[-1][2] == speaker and start - regions[-1][1] < JOIN_S:
-            regions[-1][1] = max(regions[-1][1], end)
-        else:
-            regions.append([start, end, speaker])
-    return [tuple(r) for r in regions]
+def turns_of(session: dict) -> list[tuple[float, float, str]]:
+    """The run's diarization of a session: its ``speaker_turns``."""
+    return [(t["start_s"], t["end_s"], t["speaker"]) for t in session["speaker_turns"]]
 
 
 def word_error_share(turns: list[Turn], utterances: list[dict]) -> float:
@@ -138,8 +129,8 @@ def main() -> None:
         utts = [u for u in utterances if u["session_id"] == sid]
         reference = [(t.speech_start_s, t.speech_end_s, t.speaker) for t in turns]
         entry = {"session": sid, "group": group, "n_speakers": rows[sid]["n_speakers"],
-                 "der": diarization_error_rate(reference, hypothesis(utts)),
-                 "der_collar_0.25": diarization_error_rate(reference, hypothesis(utts), collar_s=0.25),
+                 "der": diarization_error_rate(reference, turns_of(rows[sid])),
+                 "der_collar_0.25": diarization_error_rate(reference, turns_of(rows[sid]), collar_s=0.25),
                  "wder": word_error_share(turns, utts)}
         if sid.startswith("grid_"):
             entry["faces_correct"] = face_check(turns, utts, json.loads(rows[sid]["face_attribution"]))
@@ -159,7 +150,7 @@ def main() -> None:
             row["faces_correct"] = sum(r["faces_correct"] for r in sel)
         summary[group] = row
     report = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{__import__('os').cpu_count()} cores", "pipeline_wall_s": round(wall, 1), "join_s": JOIN_S,
+              f"{__import__('os').cpu_count()} cores", "pipeline_wall_s": round(wall, 1),
               "summary": summary, "sessions": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

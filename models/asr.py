@@ -19,6 +19,8 @@ from faster_whisper import WhisperModel
 
 from models.registry import ResolvedModel
 
+SAMPLE_RATE = 16_000
+
 
 @dataclass(frozen=True)
 class Word:
@@ -66,6 +68,18 @@ class Transcriber:
         self.language = "en" if not self._model.model.is_multilingual else language
         self.beam_size = beam_size
 
+    def speech_regions(self, audio: np.ndarray, offset_s: float = 0.0) -> list[tuple[float, float]]:
+        """Where anyone speaks, from the Silero voice-activity model faster-whisper ships, split at
+        pauses of 0.3 s (finer than the 2 s the transcription's own VAD joins over): diarization needs
+        speech that the transcript may have missed, and no pauses inside a speaker's turn."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        if audio.size < 1600:
+            return []
+        options = VadOptions(min_silence_duration_ms=300, speech_pad_ms=30, min_speech_duration_ms=100)
+        spans = get_speech_timestamps(np.ascontiguousarray(audio, dtype=np.float32), options)
+        return [(s["start"] / SAMPLE_RATE + offset_s, s["end"] / SAMPLE_RATE + offset_s) for s in spans]
+
     def transcribe(self, audio: np.ndarray, offset_s: float = 0.0) -> list[Segment]:
         """Transcribe one piece of audio; segment and word times are shifted by ``offset_s``."""
         if audio.size < 1600:  # under 0.1 s: nothing a model can transcribe
@@ -106,7 +120,7 @@ HOP_S = 0.01  # voicing is decided per 10 ms (25 ms windows)
 _WIN = 400
 
 
-def voiced_frames(audio: np.ndarray, sr: int = 16_000, below_peak_db: float = 35.0, above_noise_db: float = 10.0
+def voiced_frames(audio: np.ndarray, sr: int = SAMPLE_RATE, below_peak_db: float = 35.0, above_noise_db: float = 10.0
                   ) -> np.ndarray:
     """Per 10 ms hop: is there speech energy? Louder than both ``below_peak_db`` under the loud end of
     the audio (its 99th percentile, so one click does not set it) and ``above_noise_db`` over its
@@ -139,5 +153,5 @@ def trim_to_voice(start: float, end: float, voiced: np.ndarray, first_in_segment
     islands = np.split(inside, breaks + 1)
     keep = islands[-1] if first_in_segment else islands[0]
     a = (first + keep[0]) * HOP_S - pad_s
-    b = (first + keep[-1]) * HOP_S + _WIN / 16_000 + pad_s
+    b = (first + keep[-1]) * HOP_S + _WIN / SAMPLE_RATE + pad_s
     return max(start, a), min(end, b)

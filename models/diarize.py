@@ -9,13 +9,14 @@ Two layers, no Ray inside:
   so it is *not* imported: its weights are loaded into the small module below and its mel frontend
   (librosa power mel spectrogram: 25 ms Hann window, 10 ms hop, 40 Slaney mel bands, no log) is
   re-implemented with torch (matches librosa 0.11 to float precision).
-* pure functions: :func:`speech_windows` (windows from word timings), :func:`cut_windows`,
-  :func:`cluster_speakers`, :func:`assign_words`, :func:`split_by_speaker`, and
-  :func:`diarization_error_rate` (standard frame-level DER, no collar, optimal speaker mapping).
+* pure functions: :func:`region_windows` (windows over speech regions), :func:`cut_windows`,
+  :func:`cluster_speakers`, :func:`assign_words`, :func:`speaker_turns`, :func:`split_by_speaker`,
+  and :func:`diarization_error_rate` (standard frame-level DER, optional collar, optimal speaker map).
 
-Per chunk, a stage calls ``speech_windows`` on the chunk's words, ``cut_windows`` on its audio and
-``SpeakerEmbedder.embed``; per session, ``cluster_speakers`` over all windows, ``assign_words`` and
-``split_by_speaker`` per ASR segment.
+Per chunk, a stage calls ``region_windows`` on the chunk's speech (voice activity joined with the
+words' spans), ``cut_windows`` on its audio and ``SpeakerEmbedder.embed``; per session,
+``cluster_speakers`` over all windows, ``assign_words``, ``speaker_turns`` and ``split_by_speaker``
+per ASR segment.
 """
 
 from __future__ import annotations
@@ -409,21 +410,18 @@ def speech_regions(words: Sequence[Mapping], max_gap_s: float = 0.5) -> list[tup
     return [(s, e) for s, e in regions]
 
 
-def speech_windows(
-    words: Sequence[Mapping],
-    window_s: float = 1.5,
-    hop_s: float = 0.75,
-    max_gap_s: float = 0.5,
+def region_windows(
+    regions: Sequence[tuple[float, float]], window_s: float = 1.5, hop_s: float = 0.75
 ) -> list[tuple[float, float]]:
-    """Windows (start, end) in seconds over speech only, from word timings.
+    """Windows (start, end) in seconds over speech regions only.
 
-    Words closer than ``max_gap_s`` form one speech region. A region no longer than ``window_s``
-    gets one window covering it exactly (it may be too short to embed: the embedder then returns a
-    NaN row); a longer region gets windows of ``window_s`` every ``hop_s``, the last one ending at
-    the region's end. Windows are in time order and never cover silence between regions.
+    A region no longer than ``window_s`` gets one window covering it exactly (it may be too short to
+    embed: the embedder then returns a NaN row); a longer region gets windows of ``window_s`` every
+    ``hop_s``, the last one ending at the region's end. Windows are in time order and never cover
+    silence between regions.
     """
     out: list[tuple[float, float]] = []
-    for s, e in speech_regions(words, max_gap_s):
+    for s, e in regions:
         if e - s <= window_s + 1e-9:
             out.append((s, e))
             continue
@@ -432,6 +430,17 @@ def speech_windows(
         starts[-1] = e - window_s
         out.extend((round(a, 4), round(a + window_s, 4)) for a in starts)
     return out
+
+
+def speech_windows(
+    words: Sequence[Mapping],
+    window_s: float = 1.5,
+    hop_s: float = 0.75,
+    max_gap_s: float = 0.5,
+) -> list[tuple[float, float]]:
+    """:func:`region_windows` over the speech regions of word timings (words closer than ``max_gap_s``
+    form one region)."""
+    return region_windows(speech_regions(words, max_gap_s), window_s, hop_s)
 
 
 def cut_windows(
@@ -581,6 +590,51 @@ def assign_words(
             raw.append(int(lab[j]) if gap[j] <= max_distance_s else -1)
     renamed = _relabel_first_appearance(np.asarray(raw, dtype=int))
     return [f"S{r}" if r >= 0 else None for r in renamed]
+
+
+def speaker_turns(
+    window_times: Sequence[tuple[float, float]],
+    labels: Sequence[int] | np.ndarray,
+    words: Sequence[Mapping],
+    speakers: Sequence[str | None],
+) -> list[tuple[float, float, str]]:
+    """The session's speech as speaker turns (start, end, speaker), like an RTTM file.
+
+    Each labelled window (after the same smoothing as :func:`assign_words`) holds its speaker over its
+    span, and two overlapping windows share their overlap at its middle. Labels take the names the
+    words got (``speakers``, from :func:`assign_words`) by overlap; a cluster no word fell into (speech
+    the ASR did not transcribe) gets the next free name.
+    """
+    lab = _smooth_window_labels(list(window_times), np.asarray(labels, dtype=int))
+    wt = np.asarray(window_times, dtype=float).reshape(-1, 2)
+    votes: dict[tuple[int, str], float] = {}
+    for w, name in zip(words, speakers, strict=True):
+        if name is None or not len(wt):
+            continue
+        overlap = np.minimum(wt[:, 1], float(_get(w, "end"))) - np.maximum(wt[:, 0], float(_get(w, "start")))
+        for j in np.flatnonzero((overlap > 0) & (lab >= 0)):
+            votes[(int(lab[j]), name)] = votes.get((int(lab[j]), name), 0.0) + float(overlap[j])
+    names: dict[int, str] = {}
+    for (label, name), _ in sorted(votes.items(), key=lambda kv: -kv[1]):
+        if label not in names and name not in names.values():
+            names[label] = name
+    taken = {int(n[1:]) for n in names.values()}
+    for label in sorted({int(v) for v in lab if v >= 0} - set(names)):
+        names[label] = f"S{next(k for k in range(len(taken) + len(lab) + 1) if k not in taken)}"
+        taken.add(int(names[label][1:]))
+    turns: list[list] = []
+    for i, (s, e) in enumerate(wt):
+        if lab[i] < 0:
+            continue
+        if i > 0 and wt[i - 1][1] > s:
+            s = (s + wt[i - 1][1]) / 2
+        if i + 1 < len(wt) and wt[i + 1][0] < e:
+            e = (wt[i + 1][0] + e) / 2
+        if turns and turns[-1][2] == names[lab[i]] and s - turns[-1][1] <= 1e-6:
+            turns[-1][1] = max(turns[-1][1], e)
+        else:
+            turns.append([float(s), float(e), names[lab[i]]])
+    return [(s, e, n) for s, e, n in turns]
 
 
 def split_by_speaker(segment: Mapping) -> list[dict]:

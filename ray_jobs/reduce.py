@@ -2,7 +2,8 @@
 
 The pipeline's stages work on chunks; once every chunk of a session has come back, this module
 
-1. clusters the session's speaker embeddings and gives every word a speaker (S0, S1, ...);
+1. clusters the session's speaker embeddings, gives every word a speaker (S0, S1, ...) and lays out
+   the session's speaker turns;
 2. splits ASR segments where the speaker changes, so one utterance has one speaker;
 3. assigns therapist / client roles from the whole session;
 4. attaches each channel's per-utterance values (face over the utterance's frames, voice from its
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.diarize import assign_words, cluster_speakers, split_by_speaker
+from models.diarize import assign_words, cluster_speakers, speaker_turns, split_by_speaker
 from models.emotion import LABELS
 from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
@@ -67,16 +68,20 @@ def _speaker_windows(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(windows), np.concatenate([e.reshape(len(w), -1) for w, e in zip(windows, embeddings)])
 
 
-def diarize(segments: list[dict[str, Any]], windows: np.ndarray, embeddings: np.ndarray, config: RunConfig) -> int:
-    """Set ``speaker`` on every word of ``segments``; return the number of speakers found."""
+def diarize(
+    segments: list[dict[str, Any]], windows: np.ndarray, embeddings: np.ndarray, config: RunConfig
+) -> list[tuple[float, float, str]]:
+    """Set ``speaker`` on every word of ``segments``; return the session's speaker turns."""
     words = [w for seg in segments for w in seg["words"]]
-    if not len(windows) or not words or not np.isfinite(embeddings).all(axis=1).any():
-        return 0
+    if not len(windows) or not np.isfinite(embeddings).all(axis=1).any():
+        return []
     sp = config.speakers
     labels = cluster_speakers(embeddings, sp.num_speakers, sp.min_speakers, sp.max_speakers)
-    for word, speaker in zip(words, assign_words(words, [tuple(w) for w in windows], labels), strict=True):
+    window_times = [tuple(w) for w in windows]
+    speakers = assign_words(words, window_times, labels)
+    for word, speaker in zip(words, speakers, strict=True):
         word["speaker"] = speaker
-    return len({w["speaker"] for w in words if w.get("speaker") is not None})
+    return speaker_turns(window_times, labels, words, speakers)
 
 
 def build_utterances(
@@ -169,7 +174,7 @@ def reduce_session(
     usable = [c for c in chunks if not c.get("error")]
 
     segments = _segments(usable)
-    n_speakers = diarize(segments, *_speaker_windows(usable), config)
+    turns = diarize(segments, *_speaker_windows(usable), config)
     utterances, features, split = build_utterances(session["session_id"], segments, config.redact)
     if split and span_features is not None:
         features[split] = span_features([(utterances[i]["start_s"], utterances[i]["end_s"]) for i in split])
@@ -202,7 +207,8 @@ def reduce_session(
         "note": note,
         "duration_s": max((float(c["end_s"]) for c in usable), default=None),
         "n_utterances": len(utterances),
-        "n_speakers": n_speakers,
+        "n_speakers": len({t[2] for t in turns} | {u["speaker"] for u in utterances if u["speaker"]}),
+        "speaker_turns": [{"start_s": a, "end_s": b, "speaker": spk} for a, b, spk in turns],
         "role_confidence": roles.confidence if utterances else None,
         "face_attribution": who.record(),
         **dissonance.session_summary(utterances),

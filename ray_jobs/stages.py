@@ -87,8 +87,11 @@ class AsrStage:
         if row.get("error"):
             return row
         try:
-            segments = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]))
+            offset = float(row["start_s"])
+            segments = self.transcriber.transcribe(row["audio"], offset_s=offset)
             row["segments"] = [s.as_record() for s in segments]
+            regions = self.transcriber.speech_regions(row["audio"], offset_s=offset)
+            row["speech_regions"] = np.asarray(regions, dtype=np.float64).reshape(-1, 2)
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "asr", exc)
         return row
@@ -133,26 +136,30 @@ class FaceStage:
 
 
 class SpeakerStage:
-    """Speaker embeddings over the chunk's speech windows (from ASR word timings).
+    """Speaker embeddings over the chunk's speech windows.
 
-    Clustering needs the whole session, so it happens in the reducer; here each window becomes one
-    embedding row, with its (start, end) in session seconds.
+    Speech is where the voice-activity model hears it (the ASR's word spans only where it hears
+    nothing): Whisper's word timings spill into pauses, and speech the transcript missed is still
+    someone's. Words outside every window take the nearest one's speaker. Clustering needs the
+    whole session, so it happens in the reducer; here each window becomes one embedding row, with its
+    (start, end) in session seconds.
     """
 
     def __init__(self, config: RunConfig) -> None:
-        from models.diarize import SpeakerEmbedder, cut_windows, speech_windows
+        from models.diarize import SpeakerEmbedder, cut_windows, region_windows, speech_regions
 
         c = config.speakers
         model = resolve("speaker_embedding", c.model, c.path, allow_network=config.allow_network)
         self.embedder = SpeakerEmbedder(model, device=c.device)
-        self.speech_windows, self.cut_windows = speech_windows, cut_windows
+        self.cut_windows, self.region_windows, self.speech_regions = cut_windows, region_windows, speech_regions
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("error"):
             return row
         try:
             words = [w for seg in row["segments"] for w in seg["words"]]
-            windows = self.speech_windows(words)
+            voiced = [tuple(r) for r in np.asarray(row.get("speech_regions", []), np.float64).reshape(-1, 2)]
+            windows = self.region_windows(voiced or self.speech_regions(words))
             embeddings = self.embedder.embed(self.cut_windows(row["audio"], windows, offset_s=float(row["start_s"])))
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "speakers", exc)

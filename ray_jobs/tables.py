@@ -32,6 +32,8 @@ MOMENT = pa.struct(
      ("label", pa.string())]
 )
 
+TURN = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("speaker", pa.string())])
+
 SESSIONS = pa.schema(
     [
         ("session_id", pa.string()),
@@ -44,6 +46,7 @@ SESSIONS = pa.schema(
         ("n_utterances", pa.int32()),
         ("n_speakers", pa.int32()),
         ("role_confidence", pa.float64()),  # 0..1; below speakers.min_role_confidence roles are "unknown"
+        ("speaker_turns", pa.list_(TURN)),  # who speaks when (diarization, like an RTTM file)
         ("face_attribution", pa.string()),  # JSON: people seen, speaker -> person, method, synchrony
         ("dissonance_rate", pa.float64()),
         ("dissonance_longest_run", pa.int32()),  # consecutive dissonant client utterances

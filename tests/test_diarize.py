@@ -18,6 +18,8 @@ from models.diarize import (
     cluster_speakers,
     cut_windows,
     diarization_error_rate,
+    region_windows,
+    speaker_turns,
     speech_windows,
     split_by_speaker,
 )
@@ -151,3 +153,16 @@ def test_der_metric_hand_computed() -> None:
     m = diarization_error_rate(ref, [(0.0, 3.0, "x"), (3.0, 4.0, "y"), (5.0, 6.0, "y")])
     assert m["confusion"] == pytest.approx(0.25) and m["false_alarm"] == pytest.approx(0.25)
     assert m["der"] == pytest.approx(0.5)
+
+
+def test_speaker_turns_follow_windows_and_take_the_words_names():
+    windows = region_windows([(0.0, 3.0), (4.0, 5.0), (6.0, 6.5)])
+    assert windows[0] == (0.0, 1.5) and windows[-1] == (6.0, 6.5)
+    labels = np.array([1, 1, 1, 0, 2])  # three windows over 0-3 s, then 4-5 s, then 6-6.5 s
+    words = [{"start": 0.2, "end": 0.6}, {"start": 4.2, "end": 4.6}]
+    turns = speaker_turns(windows, labels, words, ["S0", "S1"])
+    assert [t[2] for t in turns] == ["S0", "S1", "S2"]  # 6-6.5 held no word: the next free name
+    assert turns[0][:2] == (0.0, 3.0) and turns[1][:2] == (4.0, 5.0) and turns[2][:2] == (6.0, 6.5)
+    # a speaker change inside a region splits at the middle of the two windows' overlap
+    split = speaker_turns([(0.0, 1.5), (0.75, 2.25)], [0, 1], [{"start": 0.1, "end": 0.3}], ["S0"])
+    assert split == [(0.0, 1.125, "S0"), (1.125, 2.25, "S1")]
