@@ -275,7 +275,7 @@ def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:
             a = max(0, int((start - chunk.start_s) * SAMPLE_RATE))
             b = min(len(chunk.audio), int((end - chunk.start_s) * SAMPLE_RATE))
             if b > a:
-                wanted[i].append(chunk.audio[a:b])
+                wanted[i].append(chunk.audio[a:b].copy())  # a view would keep the whole chunk alive
     pieces = [np.concatenate(p) if p else np.zeros(0, np.float32) for p in wanted]
     return _extractor().features(pieces)
 
