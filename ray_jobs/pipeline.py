@@ -89,6 +89,11 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
     }
 
 
+# Smaller than the audio of the shortest chunk allowed (decode.chunk_s >= 5 s: 320 kB), so that each
+# chunk row is its own block.
+_ONE_CHUNK_BLOCK_BYTES = 1 << 18
+
+
 def _actor_args(r: Resources) -> dict[str, Any]:
     return {
         "compute": ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
@@ -123,7 +128,12 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.D
     """The lazy Ray Data graph for ``sessions``; nothing runs until it is iterated."""
     # A chunk whose task or actor crashes past its retries is dropped instead of aborting the run: its
     # session is then recorded as failed ("not all chunks came back"), and every other session completes.
-    ray.data.DataContext.get_current().max_errored_blocks = -1
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = -1
+    # One chunk per block. With Ray Data's default (128 MiB blocks) decode buffers several chunks' frames
+    # before handing them on and converts them to a block in one more copy, and every stage then holds
+    # that many chunks at once: memory set by the block size, not the chunk length.
+    ctx.target_max_block_size = _ONE_CHUNK_BLOCK_BYTES
     items = [{"session_id": s.session_id, "path": s.path} for s in sessions]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus)
@@ -267,7 +277,7 @@ def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:
             a = max(0, int((start - chunk.start_s) * SAMPLE_RATE))
             b = min(len(chunk.audio), int((end - chunk.start_s) * SAMPLE_RATE))
             if b > a:
-                wanted[i].append(chunk.audio[a:b])
+                wanted[i].append(chunk.audio[a:b].copy())  # a view would keep the whole chunk alive
     pieces = [np.concatenate(p) if p else np.zeros(0, np.float32) for p in wanted]
     return _extractor().features(pieces)
 

@@ -8,9 +8,11 @@ so only small per-chunk results travel back to the driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ctypes
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -18,6 +20,41 @@ from models.registry import resolve
 from ray_jobs.config import RunConfig
 from ray_jobs.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
 from ray_jobs.storage import StorageError, is_uri, localize
+
+_Call = TypeVar("_Call", bound=Callable[..., dict[str, Any]])
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``; None where the C library has none (macOS, musl): nothing to trim there."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def _trims_memory(call: _Call) -> _Call:
+    """Wrap a stage's ``__call__`` so that memory freed while processing a chunk goes back to the OS.
+
+    glibc keeps freed heap memory in its arenas for reuse, and a stage actor allocates and frees
+    chunk-sized torch/numpy buffers for the whole run: the speaker actor grew by 0.4 GiB over a
+    60-minute session. Trimming once per chunk costs tens of milliseconds at most, a small part of a
+    chunk's work. (``MALLOC_TRIM_THRESHOLD_`` also keeps actors flat, but it makes every allocation
+    over 128 kB a fresh mmap, paid on every call: the speaker stage ran 2-5x slower.)
+    """
+
+    @functools.wraps(call)
+    def trimmed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return call(*args, **kwargs)
+        finally:
+            if _MALLOC_TRIM is not None:
+                _MALLOC_TRIM(0)
+
+    return cast(_Call, trimmed)
+
 
 def _failed(row: dict[str, Any], stage: str, exc: BaseException) -> dict[str, Any]:
     reason = str(exc) if isinstance(exc, MediaError) else f"{type(exc).__name__}: {exc}"
@@ -82,6 +119,7 @@ class AsrStage:
             language=c.language, beam_size=c.beam_size,
         )
 
+    @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {**row, "segments": []}
         if row.get("error"):
@@ -117,6 +155,7 @@ class FaceStage:
             max_faces=c.max_faces,
         )
 
+    @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         frames = row.get("frames")
         row = {k: v for k, v in row.items() if k != "frames"}
@@ -153,6 +192,7 @@ class SpeakerStage:
         self.embedder = SpeakerEmbedder(model, device=c.device)
         self.cut_windows, self.region_windows, self.speech_regions = cut_windows, region_windows, speech_regions
 
+    @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("error"):
             return row
@@ -189,6 +229,7 @@ class VoiceStage:
         self.extractor = EgemapsExtractor()
         self.ser = TransformersVoiceEmotion(model, device=c.device) if is_transformers_model(model.path) else None
 
+    @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         audio = row.get("audio")
         row = {k: v for k, v in row.items() if k != "audio"}
