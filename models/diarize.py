@@ -282,9 +282,11 @@ class SpeakerEmbedder:
         self,
         model: ResolvedModel,
         min_window_s: float = 0.4,
-        batch_size: int = 64,
+        batch_size: int = 8,
         device: str = "cpu",
     ) -> None:
+        # Small batches: on 40 CPU windows (one 30 s chunk) batch 8 peaks 41 MiB over the loaded model
+        # against 200 MiB at 64, and runs faster (10 against 14 ms per window); the results are the same.
         self.model_info = model
         self.min_window_s = min_window_s
         self.batch_size = batch_size
