@@ -4,6 +4,7 @@ the generation pass, and the vLLM (ray.data.llm) processor config built without 
 from __future__ import annotations
 
 import json
+from itertools import groupby
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,10 +31,11 @@ def run(tmp_path_factory):
 def test_one_row_per_client_turn_and_condition(run):
     out, _, proc = run
     utts = pq.read_table(out / "utterances.parquet").to_pylist()
-    roles = [u["role"] for u in utts]
-    assert roles == ["client", "therapist"] * 3
+    # a turn may be more than one utterance (the ASR's segments); its last one carries the interventions
+    turns = [(role, [u["utt_id"] for u in group]) for role, group in groupby(utts, key=lambda u: u["role"])]
+    assert [role for role, _ in turns] == ["client", "therapist"] * 3
     rows = pq.read_table(out / "interventions.parquet").to_pylist()
-    client_turns = [u["utt_id"] for u in utts if u["role"] == "client"]
+    client_turns = [ids[-1] for role, ids in turns if role == "client"]
     conditions = ["text", "face", "voice", "multimodal", "dissonance"]
     assert sorted((r["utt_id"], r["condition"]) for r in rows) == sorted(
         (c, k) for c in client_turns for k in conditions)
