@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from synth import build_session  # noqa: E402
 
 from models.asr import Transcriber  # noqa: E402
-from models.diarize import SpeakerEmbedder, cut_windows, speech_windows  # noqa: E402
+from models.diarize import SpeakerEmbedder, cut_windows, region_windows, speech_regions  # noqa: E402
 from models.face import FaceAnalyzer  # noqa: E402
 from models.registry import resolve  # noqa: E402
 from models.voice import EgemapsExtractor  # noqa: E402
@@ -90,13 +90,15 @@ def time_stages(path: Path, threads: int) -> dict:
     asr = Transcriber(resolve("asr"), compute_type=cfg.asr.compute_type, cpu_threads=threads)
     started = time.perf_counter()
     segments = [asr.transcribe(c.audio, offset_s=c.start_s) for c in chunks]
+    voiced = [asr.speech_regions(c.audio, offset_s=c.start_s) for c in chunks]  # the ASR stage does both
     t["asr"] = time.perf_counter() - started
 
     embedder = SpeakerEmbedder(resolve("speaker_embedding"))
     started = time.perf_counter()
-    for c, segs in zip(chunks, segments):
+    for c, segs, regions in zip(chunks, segments, voiced):
         words = [{"start": w.start, "end": w.end} for s in segs for w in s.words]
-        embedder.embed(cut_windows(c.audio, speech_windows(words), offset_s=c.start_s))
+        windows = region_windows(regions or speech_regions(words))
+        embedder.embed(cut_windows(c.audio, windows, offset_s=c.start_s))
     t["speakers"] = time.perf_counter() - started
 
     extractor = EgemapsExtractor()
