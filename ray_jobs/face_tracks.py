@@ -146,15 +146,29 @@ def speech_spans(words: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float,
     return spans
 
 
-def _covered(start: float, end: float, spans: Sequence[tuple[float, float]]) -> float:
-    """Share of [start, end] inside the (possibly overlapping) spans."""
-    edges = sorted((max(a, start), min(b, end)) for a, b in spans if b > start and a < end)
-    total, reach = 0.0, start
-    for a, b in edges:
-        if b > reach:
-            total += b - max(a, reach)
-            reach = b
-    return total / (end - start) if end > start else 0.0
+TIMELINE_S = 0.01  # resolution of the talking timelines
+
+
+def _talking(spans: Sequence[tuple[float, float]], end_s: float) -> np.ndarray:
+    """Cumulative talking time on a ``TIMELINE_S`` grid (index k = seconds talked before k x TIMELINE_S),
+    so that the share of any interval is two lookups: a session has thousands of words and frames."""
+    n = int(np.ceil(end_s / TIMELINE_S)) + 2
+    edges = np.zeros(n + 1, np.int64)
+    for a, b in spans:
+        i, j = np.clip([round(a / TIMELINE_S), round(b / TIMELINE_S)], 0, n)
+        if j > i:
+            edges[i] += 1
+            edges[j] -= 1
+    talking = (np.cumsum(edges[:-1]) > 0).astype(np.float64)  # overlapping spans count once
+    return np.concatenate([[0.0], np.cumsum(talking)]) * TIMELINE_S
+
+
+def _share(cumulative: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Share of each [start, end] spent talking, from :func:`_talking`."""
+    last = len(cumulative) - 1
+    i = np.clip(np.round(start / TIMELINE_S).astype(np.int64), 0, last)
+    j = np.clip(np.round(end / TIMELINE_S).astype(np.int64), 0, last)
+    return (cumulative[j] - cumulative[i]) / np.maximum(end - start, 1e-9)
 
 
 def mouth_activity(times: np.ndarray, opening: np.ndarray, max_step: float) -> np.ndarray:
@@ -185,6 +199,8 @@ def synchrony(
     steps = np.diff(np.asarray(frame_times, np.float64))
     step = float(np.median(steps)) if len(steps) else 0.0
     out: dict[str, dict[int, float]] = {s: {} for s in spans}
+    end_s = float(np.max(frame_times)) + step if len(frame_times) else 0.0
+    timelines = {s: _talking(speaker_spans, end_s) for s, speaker_spans in spans.items()}
     for p in range(int(person.max()) + 1 if person.size else 0):
         rows, cols = np.nonzero(person == p)
         times, opening = np.asarray(frame_times, np.float64)[rows], faces.mouth[rows, cols].astype(np.float64)
@@ -195,8 +211,8 @@ def synchrony(
         activity = mouth_activity(times, opening, 1.5 * step)
         if activity.std() == 0:
             continue
-        for speaker, speaker_spans in spans.items():
-            share = np.array([_covered(t - step / 2, t + step / 2, speaker_spans) for t in times])
+        for speaker, timeline in timelines.items():
+            share = _share(timeline, times - step / 2, times + step / 2)
             talking = share >= 0.5
             if min(int(talking.sum()), int((~talking).sum())) < MIN_EVIDENCE:
                 continue
