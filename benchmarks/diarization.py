@@ -2,7 +2,8 @@
 
     python benchmarks/diarization.py [--out benchmarks/results/diarization.json]
 
-Sessions (built under a temp folder, then processed by one ``emoguide run --no-generate``):
+Sessions (built under a temp folder, then processed by ``emoguide run --no-generate``, once with the
+speaker count estimated and once with ``--min-speakers 2``):
 
 * RAVDESS conversations, audio only: two actors alternate, four turns of three sentences each (0.3 s
   between clips), mixed-sex and same-sex pairs;
@@ -10,11 +11,13 @@ Sessions (built under a temp folder, then processed by one ``emoguide run --no-g
   eight alternating turns; the listener's face stays on screen. GRID has one clip per speaker, so each
   speaker repeats their sentence.
 
-Reference: each clip's speech span (its silent lead-in and ending trimmed by energy, see
-``synth.speech_span``), labelled with the clip's speaker. Hypothesis: the run's ``sessions.speaker_turns``. DER is reported without a collar and
-with NIST's 0.25 s collar, next to the word-level diarization error (WDER), which leaves out where
-speech starts and stops and counts only who said each word. For the videos it also records whether each speaker got the face of their
-own panel (audio-visual synchrony, ``ray_jobs/face_tracks.py``).
+Reference: each clip's speech span, labelled with the clip's speaker: for GRID the span read by hand
+from each clip's spectrogram (``synth.GRID_SPEECH_S``), for RAVDESS the clip trimmed by energy
+(35 dB under its peak, ``synth.speech_span``: studio recordings, though a loud breath before a sentence
+counts as speech there). Hypothesis: the run's ``sessions.speaker_turns``. DER is reported without a
+collar and with NIST's 0.25 s collar, next to the word-level diarization error (WDER), which leaves out
+where speech starts and stops and counts only who said each word. For the videos it also records
+whether each speaker got the face of their own panel (audio-visual synchrony, ``ray_jobs/face_tracks.py``).
 """
 
 from __future__ import annotations
@@ -106,24 +109,25 @@ def face_check(turns: list[Turn], utterances: list[dict], record: dict) -> bool:
     return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "diarization.json")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="emoguide-der-") as tmp:
-        inputs, run_dir = Path(tmp) / "in", Path(tmp) / "run"
-        inputs.mkdir()
-        sessions = build(inputs)
-        started = time.monotonic()
-        exe = Path(sys.executable).with_name("emoguide")
-        proc = subprocess.run([str(exe), "run", str(inputs), "--out", str(run_dir), "--no-generate", "-q"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"emoguide run failed:\n{proc.stderr[-3000:]}")
-        wall = time.monotonic() - started
-        rows = {r["session_id"]: r for r in pq.read_table(run_dir / "sessions.parquet").to_pylist()}
-        utterances = pq.read_table(run_dir / "utterances.parquet").to_pylist()
+# Each run of the sessions: the speaker count estimated (the default), and told that a session has at
+# least two speakers (``--min-speakers 2``), as a therapy session always has.
+RUNS = {"count estimated": [], "min-speakers 2": ["--min-speakers", "2"]}
 
+
+def run_sessions(inputs: Path, run_dir: Path, extra: list[str]) -> tuple[dict, list[dict], float]:
+    """One ``emoguide run --no-generate`` over every session: (sessions by id, utterances, wall seconds)."""
+    started = time.monotonic()
+    exe = Path(sys.executable).with_name("emoguide")
+    proc = subprocess.run([str(exe), "run", str(inputs), "--out", str(run_dir), "--no-generate", "-q", *extra],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"emoguide run failed:\n{proc.stderr[-3000:]}")
+    rows = {r["session_id"]: r for r in pq.read_table(run_dir / "sessions.parquet").to_pylist()}
+    return rows, pq.read_table(run_dir / "utterances.parquet").to_pylist(), time.monotonic() - started
+
+
+def score(sessions: dict[str, tuple[str, list[Turn]]], rows: dict, utterances: list[dict]) -> tuple[list, dict]:
+    """Per-session scores and per-group summary of one run."""
     results = []
     for sid, (group, turns) in sessions.items():
         utts = [u for u in utterances if u["session_id"] == sid]
@@ -135,7 +139,6 @@ def main() -> None:
         if sid.startswith("grid_"):
             entry["faces_correct"] = face_check(turns, utts, json.loads(rows[sid]["face_attribution"]))
         results.append(entry)
-
     summary = {}
     for group in dict.fromkeys(r["group"] for r in results):
         sel = [r for r in results if r["group"] == group]
@@ -149,17 +152,33 @@ def main() -> None:
         if group.startswith("GRID"):
             row["faces_correct"] = sum(r["faces_correct"] for r in sel)
         summary[group] = row
+    return results, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "diarization.json")
+    args = parser.parse_args()
     report = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{__import__('os').cpu_count()} cores", "pipeline_wall_s": round(wall, 1),
-              "summary": summary, "sessions": results}
+              f"{__import__('os').cpu_count()} cores", "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="emoguide-der-") as tmp:
+        inputs = Path(tmp) / "in"
+        inputs.mkdir()
+        sessions = build(inputs)
+        for name, extra in RUNS.items():
+            rows, utterances, wall = run_sessions(inputs, Path(tmp) / name.replace(" ", "_"), extra)
+            results, summary = score(sessions, rows, utterances)
+            report["runs"][name] = {"options": extra, "pipeline_wall_s": round(wall, 1), "summary": summary,
+                                    "sessions": results}
+            print(f"-- {name}")
+            for group, row in summary.items():
+                print(f"{group:24} n={row['sessions']} count ok {row['speaker_count_correct']}/{row['sessions']}  "
+                      f"DER {100 * row['der']:.1f}% (miss {100 * row['der.miss']:.1f}, "
+                      f"FA {100 * row['der.false_alarm']:.1f}, conf {100 * row['der.confusion']:.1f})  "
+                      f"collar 0.25: {100 * row['der_collar_0.25']:.1f}%  WDER {100 * row['wder']:.1f}%"
+                      + (f"  faces {row['faces_correct']}/{row['sessions']}" if "faces_correct" in row else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for group, row in summary.items():
-        print(f"{group:24} n={row['sessions']} count ok {row['speaker_count_correct']}/{row['sessions']}  "
-              f"DER {100 * row['der']:.1f}% (miss {100 * row['der.miss']:.1f}, FA {100 * row['der.false_alarm']:.1f}, "
-              f"conf {100 * row['der.confusion']:.1f})  collar 0.25: {100 * row['der_collar_0.25']:.1f}%  "
-              f"WDER {100 * row['wder']:.1f}%"
-              + (f"  faces {row['faces_correct']}/{row['sessions']}" if "faces_correct" in row else ""))
     print(f"written: {args.out}")
 
 

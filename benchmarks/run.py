@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from synth import build_session  # noqa: E402
 
 from models.asr import Transcriber  # noqa: E402
-from models.diarize import SpeakerEmbedder, cut_windows, region_windows, speech_regions  # noqa: E402
+from models.diarize import SpeakerEmbedder, cut_windows, region_windows  # noqa: E402
 from models.face import FaceAnalyzer  # noqa: E402
 from models.registry import resolve  # noqa: E402
+from models.segmentation import SpeechSegmenter  # noqa: E402
 from models.voice import EgemapsExtractor  # noqa: E402
 from ray_jobs.config import load_config  # noqa: E402
 from ray_jobs.media import SAMPLE_RATE, iter_chunks, probe  # noqa: E402
@@ -87,19 +88,19 @@ def time_stages(path: Path, threads: int) -> dict:
     t["face"] = time.perf_counter() - started
     face.close()
 
-    asr = Transcriber(resolve("asr"), compute_type=cfg.asr.compute_type, cpu_threads=threads)
-    started = time.perf_counter()
-    segments = [asr.transcribe(c.audio, offset_s=c.start_s) for c in chunks]
-    voiced = [asr.speech_regions(c.audio, offset_s=c.start_s) for c in chunks]  # the ASR stage does both
-    t["asr"] = time.perf_counter() - started
-
+    segmenter = SpeechSegmenter(resolve("speech_segmentation"))
     embedder = SpeakerEmbedder(resolve("speaker_embedding"))
     started = time.perf_counter()
-    for c, segs, regions in zip(chunks, segments, voiced):
-        words = [{"start": w.start, "end": w.end} for s in segs for w in s.words]
-        windows = region_windows(regions or speech_regions(words))
-        embedder.embed(cut_windows(c.audio, windows, offset_s=c.start_s))
+    speech = []
+    for c in chunks:
+        speech.append(segmenter.speech_regions(c.audio, offset_s=c.start_s))
+        embedder.embed(cut_windows(c.audio, region_windows(speech[-1]), offset_s=c.start_s))
     t["speakers"] = time.perf_counter() - started
+
+    asr = Transcriber(resolve("asr"), compute_type=cfg.asr.compute_type, cpu_threads=threads)
+    started = time.perf_counter()
+    segments = [asr.transcribe(c.audio, offset_s=c.start_s, speech=regions) for c, regions in zip(chunks, speech)]
+    t["asr"] = time.perf_counter() - started
 
     extractor = EgemapsExtractor()
     started = time.perf_counter()

@@ -1,8 +1,13 @@
 """Speech recognition with faster-whisper: audio in, segments with word timings out.
 
-Settings follow the paper's needs: VAD on (sessions have long silences), word timestamps (later
-stages split utterances at speaker changes and align frames to words), temperature 0 (runs are
-repeatable).
+Settings follow the paper's needs: only speech is transcribed (sessions have long silences), word
+timestamps (later stages split utterances at speaker changes and align frames to words), temperature 0
+(runs are repeatable).
+
+Where the speech is comes from the caller: the pipeline passes the regions the speaker stage's
+segmentation model found (:mod:`models.segmentation`). Whisper's own filter, Silero VAD, is used only
+when no regions are given; it misses shouted and fearful speech (a whole angry RAVDESS sentence
+scores under 0.2 and vanished from the transcript), exactly the client's most emotional moments.
 
 Whisper's word timings stretch over pauses: the last word before a silence often ends, and the first
 word after it often starts, in the middle of the silence. Everything downstream reads these times
@@ -12,10 +17,12 @@ voiced audio inside it (:func:`trim_to_voice`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.transcribe import restore_speech_timestamps
 
 from models.registry import ResolvedModel
 
@@ -68,31 +75,28 @@ class Transcriber:
         self.language = "en" if not self._model.model.is_multilingual else language
         self.beam_size = beam_size
 
-    def speech_regions(self, audio: np.ndarray, offset_s: float = 0.0) -> list[tuple[float, float]]:
-        """Where anyone speaks, from the Silero voice-activity model faster-whisper ships, split at
-        pauses of 0.3 s (finer than the 2 s the transcription's own VAD joins over): diarization needs
-        speech that the transcript may have missed, and no pauses inside a speaker's turn."""
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
+    def transcribe(
+        self, audio: np.ndarray, offset_s: float = 0.0, speech: Sequence[tuple[float, float]] | None = None
+    ) -> list[Segment]:
+        """Transcribe one piece of audio; segment and word times are shifted by ``offset_s``.
 
-        if audio.size < 1600:
-            return []
-        options = VadOptions(min_silence_duration_ms=300, speech_pad_ms=30, min_speech_duration_ms=100)
-        spans = get_speech_timestamps(np.ascontiguousarray(audio, dtype=np.float32), options)
-        return [(s["start"] / SAMPLE_RATE + offset_s, s["end"] / SAMPLE_RATE + offset_s) for s in spans]
-
-    def transcribe(self, audio: np.ndarray, offset_s: float = 0.0) -> list[Segment]:
-        """Transcribe one piece of audio; segment and word times are shifted by ``offset_s``."""
+        ``speech``: where people speak, (start, end) in the same shifted seconds; only that audio is
+        transcribed. None: Whisper's own voice-activity filter decides.
+        """
         if audio.size < 1600:  # under 0.1 s: nothing a model can transcribe
             return []
-        segments, _ = self._model.transcribe(
-            np.ascontiguousarray(audio, dtype=np.float32),
-            language=self.language,
-            beam_size=self.beam_size,
-            temperature=0.0,
-            vad_filter=True,
-            word_timestamps=True,
-            condition_on_previous_text=False,
-        )
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        options = dict(language=self.language, beam_size=self.beam_size, temperature=0.0, word_timestamps=True,
+                       condition_on_previous_text=False)
+        if speech is None:
+            segments, _ = self._model.transcribe(audio, vad_filter=True, **options)
+        else:
+            clips = whisper_clips(speech, offset_s, len(audio))
+            if not clips:
+                return []
+            joined = np.concatenate([audio[c["start"]: c["end"]] for c in clips])
+            segments, _ = self._model.transcribe(joined, vad_filter=False, **options)
+            segments = restore_speech_timestamps(segments, clips, SAMPLE_RATE)
         voiced = voiced_frames(audio)
         out: list[Segment] = []
         for s in segments:
@@ -114,6 +118,25 @@ class Transcriber:
                 )
             )
         return out
+
+
+def whisper_clips(
+    speech: Sequence[tuple[float, float]], offset_s: float, n_samples: int, pad_s: float = 0.4, join_s: float = 2.0
+) -> list[dict[str, int]]:
+    """Speech regions as the sample ranges Whisper hears, the way its own VAD filter prepares them:
+    each region padded by ``pad_s`` and regions closer than ``join_s`` joined, so a word's edges and the
+    short pauses of a sentence stay in its context."""
+    clips: list[list[int]] = []
+    for s, e in sorted(speech):
+        a = max(0, round((s - offset_s - pad_s) * SAMPLE_RATE))
+        b = min(n_samples, round((e - offset_s + pad_s) * SAMPLE_RATE))
+        if b <= a:
+            continue
+        if clips and a - clips[-1][1] < join_s * SAMPLE_RATE:
+            clips[-1][1] = max(clips[-1][1], b)
+        else:
+            clips.append([a, b])
+    return [{"start": a, "end": b} for a, b in clips]
 
 
 HOP_S = 0.01  # voicing is decided per 10 ms (25 ms windows)

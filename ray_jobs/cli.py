@@ -266,7 +266,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{args.name}: {path} ({_size(path) / 2**20:.1f} MiB)")
         return 0
     defaults = {spec.slot: registry.default_model(spec.slot) for spec in registry.SPECS.values()}
-    print(f"{'slot':<18} {'model':<28} {'where':<9} {'MiB':>8}  licence / location")
+    print(f"{'slot':<20} {'model':<28} {'where':<9} {'MiB':>8}  licence / location")
     for spec in registry.SPECS.values():
         try:
             found = registry.resolve(spec.slot, spec.name)
@@ -274,7 +274,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         except registry.ModelNotFoundError:
             where, size, location = "missing", "-", f"`emoguide models fetch {spec.name}`"
         mark = "*" if defaults[spec.slot] == spec.name else " "
-        print(f"{spec.slot:<18} {mark}{spec.name:<27} {where:<9} {size:>8}  {spec.licence}; {location}")
+        print(f"{spec.slot:<20} {mark}{spec.name:<27} {where:<9} {size:>8}  {spec.licence}; {location}")
     print("\n* offline default of its slot")
     return 0
 

@@ -80,6 +80,8 @@ class VoiceConfig:
 class SpeakersConfig:
     model: str = "campplus-zh-en"
     path: str | None = None
+    segmentation: str = "pyannote-segmentation-3.0"  # voice activity: where the speaker windows go
+    segmentation_path: str | None = None
     device: str = "cpu"
     num_speakers: int | None = None  # known count; otherwise estimated within [min, max]
     min_speakers: int = 1  # 1 keeps a monologue one speaker; 2 helps when every session is a dialogue

@@ -1,7 +1,8 @@
 """The Ray Data graph of a run and the driver loop that turns its stream into output tables.
 
-Graph: sessions → decode (tasks, streaming chunks) → face (actor pool) → ASR (actor pool) → speaker
-embeddings (actor pool) → voice (actor pool) → driver. Stages overlap: while ASR works on one chunk, face works on the next.
+Graph: sessions → decode (tasks, streaming chunks) → face (actor pool) → speakers: voice activity and
+speaker embeddings (actor pool) → ASR of the speech found (actor pool) → voice (actor pool) → driver.
+Stages overlap: while ASR works on one chunk, face works on the next.
 Each stage declares its resources from the run config, so the same graph runs on a laptop, on one
 GPU box (fractional GPUs) or on a cluster. The driver groups chunk results by session as they stream
 in and writes a session's part files as soon as its last chunk is back, so results appear while the
@@ -84,6 +85,8 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
         "face_landmarks": resolve("face_landmarks", config.face.landmarks, config.face.landmarks_path,
                                   allow_network=net),
         "voice_emotion": resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=net),
+        "speech_segmentation": resolve("speech_segmentation", config.speakers.segmentation,
+                                       config.speakers.segmentation_path, allow_network=net),
         "speaker_embedding": resolve("speaker_embedding", config.speakers.model, config.speakers.path,
                                      allow_network=net),
     }
@@ -139,8 +142,8 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.D
     ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus)
     # Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
     ds = ds.map(FaceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.face.resources))
-    ds = ds.map(AsrStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.asr.resources))
     ds = ds.map(SpeakerStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.speakers.resources))
+    ds = ds.map(AsrStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.asr.resources))
     return ds.map(VoiceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.voice.resources))
 
 

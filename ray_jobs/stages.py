@@ -107,7 +107,7 @@ def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str,
 
 
 class AsrStage:
-    """Transcribes each chunk's audio; loads the Whisper model once per actor."""
+    """Transcribes the speech the speaker stage found in each chunk; loads the Whisper model once per actor."""
 
     def __init__(self, config: RunConfig) -> None:
         from models.asr import Transcriber
@@ -122,14 +122,13 @@ class AsrStage:
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {**row, "segments": []}
+        regions = row.pop("speech_regions", None)
         if row.get("error"):
             return row
         try:
-            offset = float(row["start_s"])
-            segments = self.transcriber.transcribe(row["audio"], offset_s=offset)
+            speech = [tuple(r) for r in np.asarray(regions, np.float64).reshape(-1, 2)]
+            segments = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]), speech=speech)
             row["segments"] = [s.as_record() for s in segments]
-            regions = self.transcriber.speech_regions(row["audio"], offset_s=offset)
-            row["speech_regions"] = np.asarray(regions, dtype=np.float64).reshape(-1, 2)
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "asr", exc)
         return row
@@ -175,34 +174,38 @@ class FaceStage:
 
 
 class SpeakerStage:
-    """Speaker embeddings over the chunk's speech windows.
+    """Voice activity, then speaker embeddings over the chunk's speech windows.
 
-    Speech is where the voice-activity model hears it (the ASR's word spans only where it hears
-    nothing): Whisper's word timings spill into pauses, and speech the transcript missed is still
-    someone's. Words outside every window take the nearest one's speaker. Clustering needs the
-    whole session, so it happens in the reducer; here each window becomes one embedding row, with its
-    (start, end) in session seconds.
+    Speech is where the segmentation model hears it, not where Whisper put words: Whisper's word
+    timings spill into pauses. The regions travel on as ``speech_regions``: the ASR stage, which runs
+    next, transcribes only them. Words outside every window take the nearest one's speaker.
+    Clustering needs the whole session, so it happens in the reducer; here each window becomes one
+    embedding row, with its (start, end) in session seconds.
     """
 
     def __init__(self, config: RunConfig) -> None:
-        from models.diarize import SpeakerEmbedder, cut_windows, region_windows, speech_regions
+        from models.diarize import SpeakerEmbedder, cut_windows, region_windows
+        from models.segmentation import SpeechSegmenter
 
         c = config.speakers
-        model = resolve("speaker_embedding", c.model, c.path, allow_network=config.allow_network)
-        self.embedder = SpeakerEmbedder(model, device=c.device)
-        self.cut_windows, self.region_windows, self.speech_regions = cut_windows, region_windows, speech_regions
+        net = config.allow_network
+        self.segmenter = SpeechSegmenter(
+            resolve("speech_segmentation", c.segmentation, c.segmentation_path, allow_network=net), device=c.device)
+        self.embedder = SpeakerEmbedder(resolve("speaker_embedding", c.model, c.path, allow_network=net),
+                                        device=c.device)
+        self.cut_windows, self.region_windows = cut_windows, region_windows
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row.get("error"):
             return row
         try:
-            words = [w for seg in row["segments"] for w in seg["words"]]
-            voiced = [tuple(r) for r in np.asarray(row.get("speech_regions", []), np.float64).reshape(-1, 2)]
-            windows = self.region_windows(voiced or self.speech_regions(words))
+            speech = self.segmenter.speech_regions(row["audio"], offset_s=float(row["start_s"]))
+            windows = self.region_windows(speech)
             embeddings = self.embedder.embed(self.cut_windows(row["audio"], windows, offset_s=float(row["start_s"])))
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "speakers", exc)
+        row["speech_regions"] = np.asarray(speech, dtype=np.float64).reshape(-1, 2)
         row["speaker_windows"] = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
         row["speaker_embeddings"] = np.asarray(embeddings, dtype=np.float32).reshape(len(windows), self.embedder.dim)
         return row

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from models.asr import HOP_S, Transcriber, trim_to_voice, voiced_frames
+from models.asr import HOP_S, Transcriber, trim_to_voice, voiced_frames, whisper_clips
 from models.registry import ModelNotFoundError, resolve
+from models.segmentation import SpeechSegmenter
 from ray_jobs.media import load_audio
 from textnorm import grid_sentence, normalise, wer
 
@@ -97,3 +100,34 @@ def test_output_words_lie_on_voiced_audio(transcriber, grid_dir):
     for w in words:
         if w.end > w.start:
             assert voiced[int(w.start / HOP_S): int(np.ceil(w.end / HOP_S))].any(), w
+
+
+def test_whisper_hears_the_clips_its_own_vad_would_prepare():
+    # seconds on a chunk that starts at 100 s; 1 s of audio is 16000 samples
+    clips = whisper_clips([(101.0, 102.0), (102.5, 103.0), (106.0, 106.2), (109.8, 111.0)], 100.0, 10 * 16000)
+    # padded by 0.4 s; the first two regions are 0.5 s apart (joined), the third 3 s away; the last is
+    # clamped to the chunk's end
+    assert clips == [{"start": 9600, "end": 54400}, {"start": 89600, "end": 105600},
+                     {"start": 150400, "end": 160000}]
+    assert whisper_clips([], 0.0, 16000) == [] and whisper_clips([(5.0, 6.0)], 0.0, 16000) == []
+
+
+def test_transcribes_only_the_speech_it_is_given(transcriber, grid_dir):
+    audio = load_audio(grid_dir / "id2_vcd_swwp2s.mpg")
+    # the sentence is 0.49-2.21 s (swwp2s.align); given where it is, the words land on it, in session time
+    segments = transcriber.transcribe(audio, offset_s=50.0, speech=[(50.49, 52.21)])
+    words = [w for s in segments for w in s.words]
+    assert len(words) >= 5 and all(49.9 <= w.start <= w.end <= 52.7 for w in words)
+    assert wer(grid_sentence("swwp2s"), normalise(" ".join(s.text for s in segments))) <= 0.5
+    # no speech given: nothing is transcribed, even though the audio has some
+    assert transcriber.transcribe(audio, speech=[]) == []
+
+
+def test_shouted_speech_reaches_the_transcript_through_the_segmentation_model(transcriber):
+    # Strong anger, RAVDESS actor 6, "Dogs are sitting by the door" cut at 2.39 s. Whisper's own Silero
+    # filter dropped the whole sentence (faster-whisper 1.2.1); the segmentation model's regions keep it.
+    clip = Path(__file__).resolve().parents[2] / "shared/data/ravdess/Actor_06/03-01-05-02-02-02-06.flac"
+    audio = load_audio(clip)
+    speech = SpeechSegmenter(resolve("speech_segmentation")).speech_regions(audio)
+    text = normalise(" ".join(s.text for s in transcriber.transcribe(audio, speech=speech)))
+    assert {"dogs", "sitting"} <= set(text)

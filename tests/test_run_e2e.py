@@ -58,7 +58,7 @@ def test_tables_follow_the_contract(run_dir):
         assert 2.9 < row["duration_s"] < 3.1 and row["n_utterances"] >= 1
         models = json.loads(row["models"])
         assert row["config_hash"] and set(models) == {"asr", "face_detector", "face_emotion", "face_landmarks", "voice_emotion",
-                                                      "speaker_embedding"}
+                                                      "speech_segmentation", "speaker_embedding"}
         assert all(m["source"] == "package" and m["version"].startswith("sha256:") for m in models.values())
         utts = [u for u in utterances.to_pylist() if u["session_id"] == sid]
         assert len(utts) == row["n_utterances"]
