@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -272,6 +273,9 @@ class SpeakerEmbedder:
     * GE2E (``resemblyzer-ge2e``, 256-d): Resemblyzer's power mel frontend and volume
       normalisation; a window longer than 1.6 s is cut into 1.6 s partials (1.3 per second) whose
       embeddings are averaged, like ``VoiceEncoder.embed_utterance``; variable lengths are packed.
+    * WeSpeaker ONNX exports (a ``.onnx`` file, e.g. ``wespeaker-resnet34-lm``, 256-d): the same
+      Kaldi fbank with a Hamming window and mean normalisation, as ``wespeakerruntime``; input
+      ``feats`` (batch x frames x 80), output the embedding. Run with onnxruntime.
 
     A window shorter than ``min_window_s`` (or silent) gives a NaN row. ``dim`` is the width.
     """
@@ -291,6 +295,9 @@ class SpeakerEmbedder:
         self.min_window_s = min_window_s
         self.batch_size = batch_size
         self.device = torch.device(device)
+        if Path(model.path).suffix == ".onnx":
+            self._load_onnx(Path(model.path), device)
+            return
         ckpt = torch.load(model.path, map_location="cpu", weights_only=True)
         state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
         if "lstm.weight_ih_l0" in state:
@@ -311,6 +318,25 @@ class SpeakerEmbedder:
         self._net.eval().to(self.device)
         self._fb, self._window = self._fb.to(self.device), self._window.to(self.device)
 
+    def _load_onnx(self, path: Path, device: str) -> None:
+        import onnxruntime as ort
+
+        providers = (["CUDAExecutionProvider"] if device.startswith("cuda") else []) + ["CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - a wrong file gets one clear message
+            raise ValueError(f"{path}: not an ONNX speaker encoder: {exc}") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1 or inputs[0].shape[-1] not in (80, "80"):
+            raise ValueError(f"{path}: expected one input of 80-bin fbank frames (WeSpeaker export), got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+        self.kind = "wespeaker"
+        self._input = inputs[0].name
+        self._fb = torch.from_numpy(_kaldi_mel_banks()).to(self.device)
+        self._window = torch.hamming_window(400, periodic=False).to(self.device)
+        probe = self._session.run(None, {self._input: np.zeros((1, 100, 80), np.float32)})[0]
+        self.dim = int(probe.shape[-1])
+
     # -- frontends -----------------------------------------------------------------------------
     def mel(self, wav: np.ndarray) -> torch.Tensor:
         """GE2E: power mel spectrogram (frames x 40) like ``resemblyzer.audio.wav_to_mel_spectrogram``."""
@@ -320,7 +346,9 @@ class SpeakerEmbedder:
         return (self._fb @ (spec.real.square() + spec.imag.square())).T
 
     def fbank(self, wav: np.ndarray) -> torch.Tensor:
-        """CAM++: Kaldi log mel fbank (frames x 80), mean-normalised over the window."""
+        """CAM++ and WeSpeaker: Kaldi log mel fbank (frames x 80), mean-normalised over the window.
+        (WeSpeaker scales samples to 16-bit range first; after the log and the mean removal that
+        scale cancels out.)"""
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(self.device)
         frames = x.unfold(0, 400, 160)  # snip_edges
         frames = frames - frames.mean(dim=1, keepdim=True)
@@ -368,7 +396,7 @@ class SpeakerEmbedder:
         sums = np.zeros((len(windows), self.dim), dtype=np.float64)
         if self.kind == "ge2e":
             batches = [items[k : k + self.batch_size] for k in range(0, len(items), self.batch_size)]
-        else:  # stats pooling: batch only equal lengths (no padding)
+        else:  # CAM++ and WeSpeaker pool statistics over time: batch only equal lengths (no padding)
             by_len: dict[int, list] = {}
             for it in items:
                 by_len.setdefault(it[1].shape[0], []).append(it)
@@ -377,9 +405,11 @@ class SpeakerEmbedder:
             feats = nn.utils.rnn.pad_sequence([m for _, m in batch], batch_first=True)
             if self.kind == "ge2e":
                 emb = self._net(feats, torch.tensor([m.shape[0] for _, m in batch]))
+            elif self.kind == "wespeaker":
+                emb = torch.from_numpy(self._session.run(None, {self._input: feats.cpu().numpy()})[0])
             else:
                 emb = self._net(feats)
-            emb = F.normalize(emb, dim=1).cpu().numpy()
+            emb = F.normalize(emb.reshape(len(batch), -1), dim=1).cpu().numpy()
             for (i, _), e in zip(batch, emb):
                 sums[i] += e
         done = np.array(sorted({i for i, _ in items}))

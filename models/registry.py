@@ -202,6 +202,14 @@ SPECS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             slot="speaker_embedding",
+            name="wespeaker-resnet34-lm",
+            description="WeSpeaker ResNet34-LM trained on VoxCeleb2 (256-d), the ONNX export WeSpeaker publishes "
+            "(the embedding model of pyannote's speaker-diarization-3.1); production speaker encoder",
+            licence="CC BY 4.0 (WeSpeaker pretrained models); WeSpeaker code Apache-2.0",
+            url="https://wespeaker-1256283475.cos.ap-shanghai.myqcloud.com/models/voxceleb/voxceleb_resnet34_LM.onnx",
+        ),
+        ModelSpec(
+            slot="speaker_embedding",
             name="resemblyzer-ge2e",
             description="Resemblyzer GE2E speaker encoder (3-layer LSTM, 40 mel -> 256-d), pretrained.pt "
             "shipped by the resemblyzer package (loaded without its librosa/webrtcvad code)",

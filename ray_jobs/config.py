@@ -84,6 +84,9 @@ class SpeakersConfig:
     segmentation_path: str | None = None
     device: str = "cpu"
     num_speakers: int | None = None  # known count; otherwise estimated within [min, max]
+    # Cosine distance at which clusters stop merging when the count is estimated; null: the value
+    # calibrated for the default CAM++ encoder. Another encoder needs its own (or num_speakers).
+    distance_threshold: float | None = None
     min_speakers: int = 1  # 1 keeps a monologue one speaker; 2 helps when every session is a dialogue
     max_speakers: int = 4
     therapist_speaker: str | None = None  # e.g. "S1": overrides role assignment
@@ -294,6 +297,8 @@ def _validate(config: RunConfig) -> None:
     sp = config.speakers
     if not 1 <= sp.min_speakers <= sp.max_speakers or (sp.num_speakers is not None and sp.num_speakers < 1):
         raise ConfigError("speakers: need 1 <= min_speakers <= max_speakers and num_speakers >= 1")
+    if sp.distance_threshold is not None and not 0.0 < sp.distance_threshold < 2.0:
+        raise ConfigError(f"speakers.distance_threshold must be in (0, 2), got {sp.distance_threshold}")
     if not 0.0 < config.face.min_score < 1.0:
         raise ConfigError(f"face.min_score must be in (0, 1), got {config.face.min_score}")
     if config.face.max_faces < 1:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from models.diarize import assign_words, cluster_speakers, speaker_turns, split_by_speaker
+from models.diarize import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speakers, speaker_turns, split_by_speaker
 from models.emotion import LABELS
 from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
@@ -76,7 +76,8 @@ def diarize(
     if not len(windows) or not np.isfinite(embeddings).all(axis=1).any():
         return []
     sp = config.speakers
-    labels = cluster_speakers(embeddings, sp.num_speakers, sp.min_speakers, sp.max_speakers)
+    threshold = CAMPP_DISTANCE_THRESHOLD if sp.distance_threshold is None else sp.distance_threshold
+    labels = cluster_speakers(embeddings, sp.num_speakers, sp.min_speakers, sp.max_speakers, threshold)
     window_times = [tuple(w) for w in windows]
     speakers = assign_words(words, window_times, labels)
     for word, speaker in zip(words, speakers, strict=True):

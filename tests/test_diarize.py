@@ -166,3 +166,84 @@ def test_speaker_turns_follow_windows_and_take_the_words_names():
     # a speaker change inside a region splits at the middle of the two windows' overlap
     split = speaker_turns([(0.0, 1.5), (0.75, 2.25)], [0, 1], [{"start": 0.1, "end": 0.3}], ["S0"])
     assert split == [(0.0, 1.125, "S0"), (1.125, 2.25, "S1")]
+
+
+def _wespeaker_like_onnx(path: Path, weight: np.ndarray, n_mels: int = 80) -> None:
+    """A random-weight stand-in with a WeSpeaker export's interface: ``feats`` (batch x frames x 80)
+    in, ``embs`` out (here the per-bin variance over frames, as statistics pooling has, times
+    ``weight``: the fbank is mean-normalised, so a plain mean would be zero)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["feats", "feats"], ["squared"]),
+         helper.make_node("ReduceMean", ["squared", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["embs"])],
+        "wespeaker_like",
+        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, ["B", "T", n_mels])],
+        [helper.make_tensor_value_info("embs", TensorProto.FLOAT, ["B", weight.shape[1]])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"), numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
+def test_wespeaker_onnx_export_runs_on_kaldi_fbank_with_a_hamming_window(tmp_path) -> None:
+    from models.registry import ResolvedModel
+
+    weight = np.random.default_rng(0).standard_normal((80, 256)).astype(np.float32)
+    _wespeaker_like_onnx(tmp_path / "voxceleb_resnet34_LM.onnx", weight)
+    model = ResolvedModel("speaker_embedding", "wespeaker", tmp_path / "voxceleb_resnet34_LM.onnx", "path", "x")
+    embedder = SpeakerEmbedder(model)
+    assert embedder.kind == "wespeaker" and embedder.dim == 256
+    rng = np.random.default_rng(1)
+    # an odd length, a window of the same length (one batch), one of another length, one too short
+    windows = [rng.standard_normal(24000).astype(np.float32) * 0.1 for _ in range(2)]
+    windows += [rng.standard_normal(16000).astype(np.float32) * 0.1, np.zeros(800, np.float32)]
+    out = embedder.embed(windows)
+    assert out.shape == (4, 256) and np.isnan(out[3]).all()
+    for w, row in zip(windows[:3], out[:3]):
+        feats = embedder.fbank(w).numpy()  # frames x 80, mean-normalised
+        assert feats.shape == (1 + (len(w) - 400) // 160, 80) and np.allclose(feats.mean(0), 0, atol=1e-4)
+        expected = (feats ** 2).mean(0) @ weight
+        assert np.allclose(row, expected / np.linalg.norm(expected), atol=1e-4)
+    # the Hamming window of wespeakerruntime's kaldi.fbank(window_type="hamming"), not CAM++'s povey
+    n = np.arange(400)
+    assert np.allclose(embedder._window.numpy(), 0.54 - 0.46 * np.cos(2 * np.pi * n / 399), atol=1e-6)
+
+
+def test_an_onnx_file_that_is_not_a_speaker_encoder_is_named(tmp_path) -> None:
+    from models.registry import ResolvedModel
+
+    _wespeaker_like_onnx(tmp_path / "mel40.onnx", np.ones((40, 8), np.float32), n_mels=40)
+    with pytest.raises(ValueError, match="mel40.onnx: expected one input of 80-bin fbank"):
+        SpeakerEmbedder(ResolvedModel("speaker_embedding", "x", tmp_path / "mel40.onnx", "path", "x"))
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.onnx: not an ONNX speaker encoder"):
+        SpeakerEmbedder(ResolvedModel("speaker_embedding", "x", tmp_path / "junk.onnx", "path", "x"))
+
+
+def test_wespeaker_resolves_from_the_cache_or_says_how_to_fetch_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EMOGUIDE_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="voxceleb_resnet34_LM.onnx.*emoguide models fetch wespeaker"):
+        resolve("speaker_embedding", "wespeaker-resnet34-lm")
+    (tmp_path / "wespeaker-resnet34-lm").mkdir()
+    _wespeaker_like_onnx(tmp_path / "wespeaker-resnet34-lm" / "voxceleb_resnet34_LM.onnx", np.ones((80, 4), np.float32))
+    model = resolve("speaker_embedding", "wespeaker-resnet34-lm")
+    assert model.source == "cache" and model.path.name == "voxceleb_resnet34_LM.onnx"
+    assert SpeakerEmbedder(model).dim == 4
+
+
+def test_the_clustering_threshold_comes_from_the_config_when_given() -> None:
+    # Another encoder than CAM++ needs its own threshold: speakers.distance_threshold reaches the
+    # session's clustering. Two voices 0.9 apart in cosine distance: apart at CAM++'s 0.75, one at 1.2.
+    from ray_jobs.config import load_config
+    from ray_jobs.reduce import diarize
+
+    a, b = np.eye(4)[0], np.cos(np.arccos(0.1)) * np.eye(4)[0] + np.sin(np.arccos(0.1)) * np.eye(4)[1]
+    rng = np.random.default_rng(0)
+    embeddings = np.stack([(a if k % 2 == 0 else b) + 0.01 * rng.standard_normal(4) for k in range(12)])
+    windows = np.array([(1.5 * k, 1.5 * k + 1.5) for k in range(12)])
+    for threshold, speakers in ((None, 2), (1.2, 1)):
+        segments = [{"words": [{"start": 1.5 * k + 0.2, "end": 1.5 * k + 1.0, "word": " w"} for k in range(12)]}]
+        diarize(segments, windows, embeddings, load_config(None, {"speakers": {"distance_threshold": threshold}}))
+        assert len({w["speaker"] for w in segments[0]["words"]}) == speakers

@@ -69,6 +69,7 @@ def test_config_overrides_and_errors(tmp_path):
         ({"decode": {"fps": -1}}, "decode.fps"),
         ({"asr": {"resources": {"min_actors": 3, "max_actors": 1}}}, "min_actors"),
         ({"allow_network": "yes"}, "true/false"),
+        ({"speakers": {"distance_threshold": 2.5}}, "speakers.distance_threshold"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, bad)
