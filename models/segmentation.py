@@ -193,8 +193,8 @@ class SpeechSegmenter:
         counts = np.zeros_like(summed)
         with torch.inference_mode():
             for i in range(0, len(starts), self.batch_size):
-                batch = [np.pad(audio[s: s + size], (0, max(0, size - len(audio[s: s + size])))) for s in
-                         starts[i: i + self.batch_size]]
+                pieces = [audio[s: s + size] for s in starts[i: i + self.batch_size]]
+                batch = [np.pad(p, (0, size - len(p))) for p in pieces]  # audio under 10 s: padded with silence
                 logp = self.net(torch.from_numpy(np.stack(batch))[:, None].to(self.device))
                 speech = (logp.argmax(-1) != 0).float().cpu().numpy()  # class 0: nobody speaks
                 for s, row in zip(starts[i: i + self.batch_size], speech):
