@@ -99,7 +99,8 @@ def time_stages(path: Path, threads: int) -> dict:
 
     asr = Transcriber(resolve("asr"), compute_type=cfg.asr.compute_type, cpu_threads=threads)
     started = time.perf_counter()
-    segments = [asr.transcribe(c.audio, offset_s=c.start_s, speech=regions) for c, regions in zip(chunks, speech)]
+    segments = [asr.transcribe(c.audio, offset_s=c.start_s, speech=regions, max_pause_s=cfg.utterances.max_pause_s)
+                for c, regions in zip(chunks, speech)]
     t["asr"] = time.perf_counter() - started
 
     extractor = EgemapsExtractor()

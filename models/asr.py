@@ -1,32 +1,49 @@
 """Speech recognition with faster-whisper: audio in, segments with word timings out.
 
-Settings follow the paper's needs: only speech is transcribed (sessions have long silences), word
-timestamps (later stages split utterances at speaker changes and align frames to words), temperature 0
-(runs are repeatable).
+Only speech is transcribed (sessions have long silences), with word timestamps (utterances are cut
+at pauses between words and at speaker changes, frames and voice features are aligned to words),
+greedy at temperature 0 (runs are repeatable).
 
 Where the speech is comes from the caller: the pipeline passes the regions the speaker stage's
-segmentation model found (:mod:`models.segmentation`). Whisper's own filter, Silero VAD, is used only
-when no regions are given; it misses shouted and fearful speech (a whole angry RAVDESS sentence
-scores under 0.2 and vanished from the transcript), exactly the client's most emotional moments.
+segmentation model found (:mod:`models.segmentation`); Silero (Whisper's own filter) is used only when
+no regions are given, since it misses shouted and fearful speech, the client's most emotional moments.
+
+Regions closer than ``max_pause_s`` form one Whisper input (a *group*, padded by ``PAD_S``): the
+decoder keeps its context over short pauses but never reads across a long one. Joining everything
+within 2 s, as Whisper's own filter does, let it run one sentence into the next and loop ("kids are
+talking" written 22 times for 7 sayings). A group whose text the audio cannot hold (too many words per
+voiced second, a phrase repeated back to back, a high compression ratio) is decoded again with
+Whisper's temperature fallback under a fixed seed, and flagged.
 
 Whisper's word timings stretch over pauses: the last word before a silence often ends, and the first
-word after it often starts, in the middle of the silence. Everything downstream reads these times
-(speaker windows, utterance spans, face frames, voice features), so each word is trimmed to the
-voiced audio inside it (:func:`trim_to_voice`).
+word after it often starts, in the middle of the silence. Each word is trimmed to the voiced audio
+inside it (:func:`trim_to_voice`) and clipped to the speech region it overlaps; a word over no speech
+region is dropped, so every word lies on speech.
 """
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.transcribe import restore_speech_timestamps
+from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from models.registry import ResolvedModel
 
 SAMPLE_RATE = 16_000
+MAX_INPUT_S = 28.0  # a group fits one 30 s Whisper window with its padding
+PAD_S = 0.4  # context around a group, as Whisper's own filter pads its speech
+MAX_WORDS_PER_S = 6.0  # fast speech reaches ~5 words per voiced second; more is text the audio cannot hold
+MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop
+MAX_REPEATS = 3  # a phrase said this many times back to back is a decoding loop
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+FALLBACK_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -47,12 +64,27 @@ class Segment:
     avg_logprob: float
     no_speech_prob: float
     words: tuple[Word, ...]
+    flags: tuple[str, ...] = ()  # what the decoder needed: "redecoded", "implausible_text", ...
 
     def as_record(self) -> dict:
         """Plain dict (words as a list of dicts) for Arrow tables."""
         record = asdict(self)
         record["words"] = [asdict(w) for w in self.words]
+        record["flags"] = list(self.flags)
         return record
+
+
+@dataclass(frozen=True)
+class Group:
+    """Speech regions close enough to be one Whisper input (seconds)."""
+
+    start: float
+    end: float
+    regions: tuple[tuple[float, float], ...]
+
+    @property
+    def voiced_s(self) -> float:
+        return sum(e - s for s, e in self.regions)
 
 
 class Transcriber:
@@ -76,67 +108,147 @@ class Transcriber:
         self.beam_size = beam_size
 
     def transcribe(
-        self, audio: np.ndarray, offset_s: float = 0.0, speech: Sequence[tuple[float, float]] | None = None
+        self,
+        audio: np.ndarray,
+        offset_s: float = 0.0,
+        speech: Sequence[tuple[float, float]] | None = None,
+        *,
+        max_pause_s: float,
     ) -> list[Segment]:
-        """Transcribe one piece of audio; segment and word times are shifted by ``offset_s``.
+        """One segment per speech group (regions at most ``max_pause_s`` apart), in time order.
 
-        ``speech``: where people speak, (start, end) in the same shifted seconds; only that audio is
-        transcribed. None: Whisper's own voice-activity filter decides.
+        ``speech``: where people speak, (start, end) in seconds shifted by ``offset_s``; only that audio
+        is transcribed, each group as its own Whisper input, so the decoder never carries text across a
+        long pause. None: Silero voice activity (Whisper's own filter) decides.
         """
         if audio.size < 1600:  # under 0.1 s: nothing a model can transcribe
             return []
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        options = dict(language=self.language, beam_size=self.beam_size, temperature=0.0, word_timestamps=True,
-                       condition_on_previous_text=False)
         if speech is None:
-            segments, _ = self._model.transcribe(audio, vad_filter=True, **options)
-        else:
-            clips = whisper_clips(speech, offset_s, len(audio))
-            if not clips:
-                return []
-            joined = np.concatenate([audio[c["start"]: c["end"]] for c in clips])
-            segments, _ = self._model.transcribe(joined, vad_filter=False, **options)
-            segments = restore_speech_timestamps(segments, clips, SAMPLE_RATE)
+            speech = [(t["start"] / SAMPLE_RATE + offset_s, t["end"] / SAMPLE_RATE + offset_s)
+                      for t in get_speech_timestamps(audio, VadOptions())]
         voiced = voiced_frames(audio)
-        out: list[Segment] = []
-        for s in segments:
-            words = tuple(
-                Word(*(t + offset_s for t in trim_to_voice(w.start, w.end, voiced, first_in_segment=i == 0)),
-                     w.word, w.probability)
-                for i, w in enumerate(s.words or [])
-            )
-            start, end = (min(w.start for w in words), max(w.end for w in words)) if words else (
-                s.start + offset_s, s.end + offset_s)
-            out.append(
-                Segment(
-                    start=start,
-                    end=end,
-                    text=s.text.strip(),
-                    avg_logprob=s.avg_logprob,
-                    no_speech_prob=s.no_speech_prob,
-                    words=words,
-                )
-            )
+        groups = speech_groups(speech, max_pause_s, MAX_INPUT_S)
+        out = []
+        for i, group in enumerate(groups):
+            lo = groups[i - 1].end if i else -np.inf
+            hi = groups[i + 1].start if i + 1 < len(groups) else np.inf
+            segment = self._transcribe_group(audio, offset_s, group, voiced, lo, hi)
+            if segment is not None:
+                out.append(segment)
         return out
 
+    def _transcribe_group(self, audio: np.ndarray, offset_s: float, group: Group, voiced: np.ndarray,
+                          previous_end: float, next_start: float) -> Segment | None:
+        """Decode one group, padded by up to ``PAD_S`` (never past half the gap to its neighbours);
+        a transcript the audio cannot hold is decoded again with seeded temperature fallback."""
+        first = max(group.start - PAD_S, (previous_end + group.start) / 2, offset_s)
+        last = min(group.end + PAD_S, (group.end + next_start) / 2, offset_s + len(audio) / SAMPLE_RATE)
+        a, b = round((first - offset_s) * SAMPLE_RATE), round((last - offset_s) * SAMPLE_RATE)
+        if b - a < 1600:
+            return None
+        piece = audio[a:b]
+        segments = self._decode(piece, fallback=False)
+        flags: list[str] = []
+        if implausible(_text(segments), group.voiced_s):
+            segments = self._decode(piece, fallback=True)
+            flags.append("redecoded")
+            if implausible(_text(segments), group.voiced_s):
+                flags.append("implausible_text")
+        words, dropped = _words_in_speech(segments, first, offset_s, voiced, group)
+        if dropped:
+            flags.append("words_outside_speech_dropped")
+        if not words:
+            return None
+        logprobs = [s.avg_logprob for s in segments]
+        return Segment(
+            start=words[0].start,
+            end=words[-1].end,
+            text=words_text(words),
+            avg_logprob=float(np.mean(logprobs)),
+            no_speech_prob=float(np.mean([s.no_speech_prob for s in segments])),
+            words=tuple(words),
+            flags=tuple(flags),
+        )
 
-def whisper_clips(
-    speech: Sequence[tuple[float, float]], offset_s: float, n_samples: int, pad_s: float = 0.4, join_s: float = 2.0
-) -> list[dict[str, int]]:
-    """Speech regions as the sample ranges Whisper hears, the way its own VAD filter prepares them:
-    each region padded by ``pad_s`` and regions closer than ``join_s`` joined, so a word's edges and the
-    short pauses of a sentence stay in its context."""
-    clips: list[list[int]] = []
-    for s, e in sorted(speech):
-        a = max(0, round((s - offset_s - pad_s) * SAMPLE_RATE))
-        b = min(n_samples, round((e - offset_s + pad_s) * SAMPLE_RATE))
-        if b <= a:
-            continue
-        if clips and a - clips[-1][1] < join_s * SAMPLE_RATE:
-            clips[-1][1] = max(clips[-1][1], b)
+    def _decode(self, audio: np.ndarray, fallback: bool) -> list[Any]:
+        """Whisper's segments for one input. Greedy-repeatable by default; with ``fallback`` the
+        temperature schedule runs with a fixed seed, so the same input always gives the same text."""
+        temperature: float | tuple[float, ...] = FALLBACK_TEMPERATURES if fallback else 0.0
+        if fallback:
+            ctranslate2.set_random_seed(FALLBACK_SEED)
+        segments, _ = self._model.transcribe(
+            audio, language=self.language, beam_size=self.beam_size, temperature=temperature,
+            word_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+        )
+        return list(segments)
+
+
+def _text(segments: Sequence[Any]) -> str:
+    return " ".join(s.text.strip() for s in segments)
+
+
+def words_text(words: Sequence[Word]) -> str:
+    """faster-whisper words carry their leading space."""
+    return " ".join("".join(w.word for w in words).split())
+
+
+def _words_in_speech(segments: Sequence[Any], input_start: float, offset_s: float, voiced: np.ndarray,
+                     group: Group) -> tuple[list[Word], int]:
+    """The words in session seconds, each trimmed to the voiced audio inside it and clipped to the speech
+    region it overlaps most; words that overlap no region (Whisper wrote them over silence) are dropped.
+    Returns the words and how many were dropped."""
+    kept: list[Word] = []
+    dropped = 0
+    for s in segments:
+        for i, w in enumerate(s.words or []):
+            a, b = (t + input_start - offset_s for t in (w.start, w.end))
+            a, b = (t + offset_s for t in trim_to_voice(a, b, voiced, first_in_segment=i == 0))
+            region = max(group.regions, key=lambda r: min(b, r[1]) - max(a, r[0]))
+            if min(b, region[1]) - max(a, region[0]) <= 0:
+                dropped += 1
+                continue
+            kept.append(Word(max(a, region[0]), min(b, region[1]), w.word, w.probability))
+    return kept, dropped
+
+
+def implausible(text: str, voiced_s: float) -> bool:
+    """Text the audio cannot hold: more words than ``MAX_WORDS_PER_S`` per voiced second, a phrase
+    looping back to back, or Whisper's own compression-ratio sign of repetition."""
+    words = re.findall(r"[\w']+", text.lower())
+    if not words:
+        return False
+    if len(words) > MAX_WORDS_PER_S * max(voiced_s, 0.5):
+        return True
+    if len(text) > 40 and len(text.encode()) / len(zlib.compress(text.encode())) > MAX_COMPRESSION_RATIO:
+        return True
+    return longest_repeat(words) >= MAX_REPEATS
+
+
+def longest_repeat(words: Sequence[str], max_n: int = 4) -> int:
+    """Most back-to-back copies of any phrase of 2..``max_n`` words ("kids are talking kids are talking")."""
+    best = 1
+    for n in range(2, max_n + 1):
+        for start in range(len(words) - n):
+            copies = 1
+            while words[start + copies * n: start + (copies + 1) * n] == words[start: start + n]:
+                copies += 1
+            best = max(best, copies)
+    return best
+
+
+def speech_groups(regions: Sequence[tuple[float, float]], max_pause_s: float, max_group_s: float) -> list[Group]:
+    """Join regions whose gap is at most ``max_pause_s`` into groups no longer than ``max_group_s``.
+
+    A region longer than ``max_group_s`` (continuous speech) stays one group on its own.
+    """
+    groups: list[list[tuple[float, float]]] = []
+    for s, e in sorted((float(s), float(e)) for s, e in regions if e > s):
+        if groups and s - groups[-1][-1][1] <= max_pause_s and e - groups[-1][0][0] <= max_group_s:
+            groups[-1].append((s, e))
         else:
-            clips.append([a, b])
-    return [{"start": a, "end": b} for a, b in clips]
+            groups.append([(s, e)])
+    return [Group(g[0][0], g[-1][1], tuple(g)) for g in groups]
 
 
 HOP_S = 0.01  # voicing is decided per 10 ms (25 ms windows)

@@ -1,9 +1,19 @@
 """The canonical emotion label order and the circumplex mapping shared by every emotion model.
 
 Every face or voice model reports probabilities in ``LABELS`` order (a class the model lacks gets 0),
-so face and voice distributions can be compared directly (dissonance needs that). Categorical models
-get valence/arousal as the expectation of per-class circumplex coordinates; dimensional models report
-valence/arousal directly.
+so face and voice distributions can be compared directly (dissonance needs that). Dimensional models
+report valence/arousal directly; categorical models get them from their probabilities by the mapping
+below.
+
+The plain expectation of per-class coordinates invents a mood for an unsure classifier: four of the
+seven classes of a FER or RAVDESS model are negative, so probability spread over them pulls valence
+down (a neutral GRID face, top class neutral at 0.41, came out at valence -0.34), and a confident
+emotion is diluted by its runners-up until it no longer differs from neutral by the paper's 0.5. The
+mapping therefore sharpens the distribution first (``p ** (1 / VA_TEMPERATURE)``, renormalised): the
+top class dominates, so a face that is mostly neutral lands near (0, 0) and a clearly angry voice near
+anger's coordinates. ``VA_TEMPERATURE`` was chosen on the training actors' sessions (README,
+*Pipeline accuracy*). How sure a channel is travels separately (:func:`confidence`), so that
+dissonance can leave out channels that are not sure enough.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ CIRCUMPLEX: dict[str, tuple[float, float]] = {
     "surprise": (0.40, 0.67),
     "contempt": (-0.55, 0.10),
 }
+VA_TEMPERATURE = 0.5
 _VA = np.array([CIRCUMPLEX[name] for name in LABELS], dtype=np.float32)
 
 
@@ -44,6 +55,19 @@ def to_canonical(probs: np.ndarray, model_labels: Sequence[str]) -> np.ndarray:
     return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
 
 
-def valence_arousal(probs: np.ndarray) -> np.ndarray:
-    """Circumplex valence/arousal (N × 2, in [-1, 1]) of canonical-order probabilities (N × 8)."""
-    return np.asarray(probs, dtype=np.float32) @ _VA
+def sharpen(probs: np.ndarray, temperature: float = VA_TEMPERATURE) -> np.ndarray:
+    """``probs ** (1 / temperature)`` renormalised per row (temperature 1: unchanged)."""
+    p = np.power(np.clip(np.asarray(probs, dtype=np.float64), 0.0, None), 1.0 / temperature)
+    total = p.sum(axis=-1, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0).astype(np.float32)
+
+
+def valence_arousal(probs: np.ndarray, temperature: float = VA_TEMPERATURE) -> np.ndarray:
+    """Circumplex valence/arousal (N × 2, in [-1, 1]) of canonical-order probabilities (N × 8),
+    through the sharpened distribution (see the module's docstring)."""
+    return sharpen(probs, temperature) @ _VA
+
+
+def confidence(probs: np.ndarray) -> np.ndarray:
+    """How sure a categorical channel is: its top-class probability (N), in [1/8, 1]."""
+    return np.asarray(probs, dtype=np.float32).max(axis=-1)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 import cv2
 import numpy as np
 
-from models.emotion import LABELS, to_canonical, valence_arousal
+from models.emotion import LABELS, confidence, to_canonical, valence_arousal
 from models.registry import ModelNotFoundError, ResolvedModel
 
 if TYPE_CHECKING:
@@ -625,7 +625,7 @@ def aggregate(frame_times: np.ndarray, faces: FaceFrames, start: float, end: flo
 
     ``face_coverage`` is the share of those frames with a face (0.0 when frames exist but show no face);
     ``face_probs`` (8 floats, canonical order), ``face_valence`` and ``face_arousal`` are means over the
-    frames with a face. Every column is None when there is no face to average, so a missing channel is
+    frames with a face, ``face_confidence`` the top probability of ``face_probs``. Every column is None when there is no face to average, so a missing channel is
     never filled with a guess. A window that holds no sampled frame (a short utterance) uses the nearest
     frame within ``NEAREST_FRAME_S`` seconds.
     """
@@ -636,15 +636,18 @@ def aggregate(frame_times: np.ndarray, faces: FaceFrames, start: float, end: flo
         nearest = int(np.argmin(distance))
         if distance[nearest] <= NEAREST_FRAME_S:
             window = np.array([nearest])
-    empty = {"face_coverage": None, "face_probs": None, "face_valence": None, "face_arousal": None}
+    empty = {"face_coverage": None, "face_probs": None, "face_valence": None, "face_arousal": None,
+             "face_confidence": None}
     if not len(window):
         return empty
     with_face = window[faces.found[window]]
     if not len(with_face):
         return {**empty, "face_coverage": 0.0}
+    probs = faces.probs[with_face].mean(axis=0)
     return {
         "face_coverage": len(with_face) / len(window),
-        "face_probs": [float(p) for p in faces.probs[with_face].mean(axis=0)],
+        "face_probs": [float(p) for p in probs],
+        "face_confidence": float(confidence(probs)),
         "face_valence": float(faces.valence[with_face].mean()),
         "face_arousal": float(faces.arousal[with_face].mean()),
     }

@@ -117,8 +117,19 @@ class GenerationConfig:
 
 
 @dataclass
+class UtterancesConfig:
+    """Where utterances end (``ray_jobs/utterances.py``); face, voice and dissonance are per utterance."""
+
+    max_pause_s: float = 0.8  # a longer pause between words ends an utterance (and a Whisper input)
+    max_duration_s: float = 20.0  # a longer utterance is cut at its longest pause
+
+
+@dataclass
 class DissonanceConfig:
     threshold: float = 0.5  # the paper's rule: max(|dV|, |dA|) > threshold
+    # A channel less sure than this (top-class probability) is not used: dissonance is then null.
+    min_face_confidence: float = 0.0
+    min_voice_confidence: float = 0.0
 
 
 STAGES = ("decode", "asr", "face", "speakers", "voice", "generation")
@@ -131,6 +142,7 @@ class RunConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
+    utterances: UtterancesConfig = field(default_factory=UtterancesConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
@@ -284,6 +296,12 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"decode.chunk_s must be at least 5 s, got {config.decode.chunk_s}")
     if config.decode.max_side < 64:
         raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
+    u = config.utterances
+    if not 0.0 < u.max_pause_s < u.max_duration_s:
+        raise ConfigError("utterances: need 0 < max_pause_s < max_duration_s")
+    d = config.dissonance
+    if not (0.0 <= d.min_face_confidence < 1.0 and 0.0 <= d.min_voice_confidence < 1.0):
+        raise ConfigError("dissonance.min_face_confidence and min_voice_confidence must be in [0, 1)")
     if not 0.0 < config.dissonance.threshold < 2.0:
         raise ConfigError(f"dissonance.threshold must be in (0, 2), got {config.dissonance.threshold}")
     g = config.generation

@@ -5,7 +5,10 @@ valence–arousal space ([-1, 1]); an utterance is dissonant when
 ``max(|V_face − V_voice|, |A_face − A_voice|) > threshold`` (0.5 by default; strictly greater, so a
 difference of exactly 0.5 is not dissonant). The graded ``dissonance_score`` is the Jensen–Shannon
 divergence (base 2, so in [0, 1]) of the two canonical-order distributions. A missing channel gives
-null everywhere: absence of evidence is not consonance.
+null everywhere: absence of evidence is not consonance. So does a channel less sure than its
+``min_*_confidence`` (top-class probability), and voice out of its model's domain (confidence 0):
+an unsure classifier's valence is a guess, and a guess compared with a guess is no finding.
+``dissonance_reason`` says why a value is null.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Dissonance:
     dissonant: bool | None
     score: float | None
     label: str | None  # e.g. "happy face, distressed voice"; None when a channel is missing
+    reason: str | None = None  # why dissonant is None: "no face", "voice unsure", ...
 
 
 def describe(valence: float, arousal: float) -> str:
@@ -41,11 +45,13 @@ def _present(*values: Any) -> bool:
     return all(v is not None and np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in values)
 
 
-def utterance_dissonance(utt: Mapping[str, Any], threshold: float = DEFAULT_THRESHOLD) -> Dissonance:
+def utterance_dissonance(utt: Mapping[str, Any], threshold: float = DEFAULT_THRESHOLD,
+                         min_face_confidence: float = 0.0, min_voice_confidence: float = 0.0) -> Dissonance:
     """Dissonance of one utterance from its face_* and voice_* columns."""
     fv, fa, vv, va = (utt.get(k) for k in ("face_valence", "face_arousal", "voice_valence", "voice_arousal"))
-    if not _present(fv, fa, vv, va):
-        return Dissonance(None, None, None)
+    unusable = _unusable(utt, min_face_confidence, min_voice_confidence)
+    if unusable:
+        return Dissonance(None, None, None, unusable)
     gap = max(abs(fv - vv), abs(fa - va))
     score = None
     fp, vp = utt.get("face_probs"), utt.get("voice_probs")
@@ -55,15 +61,32 @@ def utterance_dissonance(utt: Mapping[str, Any], threshold: float = DEFAULT_THRE
     return Dissonance(bool(gap > threshold), score, label)
 
 
-def annotate(utterances: Sequence[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD) -> None:
+def _unusable(utt: Mapping[str, Any], min_face_confidence: float, min_voice_confidence: float) -> str | None:
+    """Why a channel cannot be compared (None: both can). A channel without a confidence (a dimensional
+    model reports valence/arousal, not classes) is taken as it is."""
+    for channel, floor in (("face", min_face_confidence), ("voice", min_voice_confidence)):
+        if not _present(utt.get(f"{channel}_valence"), utt.get(f"{channel}_arousal")):
+            return f"no {channel}"
+        sure = utt.get(f"{channel}_confidence")
+        if sure is not None and sure == 0.0 and channel == "voice":
+            return "voice out of domain"
+        if sure is not None and sure < floor:
+            return f"{channel} unsure"
+    return None
+
+
+def annotate(utterances: Sequence[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD,
+             min_face_confidence: float = 0.0, min_voice_confidence: float = 0.0) -> None:
     """Set dissonance, dissonance_score and dissonance_label on every utterance that is not the therapist's.
 
     The paper's cue is about the client; the therapist's utterances keep nulls. While roles are unknown
     (a single speaker, or low-confidence role assignment) every utterance with both channels is scored.
     """
     for utt in utterances:
-        result = Dissonance(None, None, None) if utt.get("role") == "therapist" else utterance_dissonance(utt, threshold)
-        utt["dissonance"], utt["dissonance_score"], utt["dissonance_label"] = result.dissonant, result.score, result.label
+        result = (Dissonance(None, None, None, "therapist") if utt.get("role") == "therapist"
+                  else utterance_dissonance(utt, threshold, min_face_confidence, min_voice_confidence))
+        utt["dissonance"], utt["dissonance_score"] = result.dissonant, result.score
+        utt["dissonance_label"], utt["dissonance_reason"] = result.label, result.reason
 
 
 def session_summary(utterances: Sequence[Mapping[str, Any]], top_k: int = 3) -> dict[str, Any]:

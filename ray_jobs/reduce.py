@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from models.diarize import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speakers, speaker_turns, split_by_speaker
-from models.emotion import LABELS
+from models.emotion import LABELS, confidence
 from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
 from ray_jobs import dissonance
@@ -112,6 +112,7 @@ def build_utterances(
                 "text": redact(part["text"]) if redact_text else part["text"],
                 "words": redact_words(words) if redact_text else words,
                 "asr_logprob": float(seg["avg_logprob"]),
+                "asr_flags": list(seg.get("flags") or []),
             }
             if seg["ser"] is not None and len(parts) == 1:
                 row.update(_voice_columns(*seg["ser"]))
@@ -121,13 +122,17 @@ def build_utterances(
     return rows, matrix, split
 
 
-def _voice_columns(probs: np.ndarray, valence: float, arousal: float) -> dict[str, Any]:
-    """Voice columns of one utterance; NaN (no usable speech) becomes null, never a guess."""
+def _voice_columns(probs: np.ndarray, valence: float, arousal: float, out_of_domain: bool = False
+                   ) -> dict[str, Any]:
+    """Voice columns of one utterance; NaN (no usable speech) becomes null, never a guess. Speech out
+    of the model's domain gets confidence 0: its probabilities are kept, but dissonance leaves it out."""
     probs = np.asarray(probs, dtype=np.float32)
+    known = bool(np.all(np.isfinite(probs)))
     return {
-        "voice_probs": [float(p) for p in probs] if np.all(np.isfinite(probs)) else None,
+        "voice_probs": [float(p) for p in probs] if known else None,
         "voice_valence": float(valence) if np.isfinite(valence) else None,
         "voice_arousal": float(arousal) if np.isfinite(arousal) else None,
+        "voice_confidence": (0.0 if out_of_domain else float(confidence(probs))) if known else None,
     }
 
 
@@ -196,8 +201,10 @@ def reduce_session(
     if voice is not None and utterances:
         result = voice.predict(features, [u["speaker"] for u in utterances])
         for i, utt in enumerate(utterances):
-            utt.update(_voice_columns(result.probs[i], result.valence[i], result.arousal[i]))
-    dissonance.annotate(utterances, config.dissonance.threshold)
+            ood = bool(result.out_of_domain[i]) if result.out_of_domain is not None else False
+            utt.update(_voice_columns(result.probs[i], result.valence[i], result.arousal[i], ood))
+    d = config.dissonance
+    dissonance.annotate(utterances, d.threshold, d.min_face_confidence, d.min_voice_confidence)
 
     note = "no speech found" if status == "ok" and not utterances else None
     row = {

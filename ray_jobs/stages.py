@@ -107,7 +107,8 @@ def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str,
 
 
 class AsrStage:
-    """Transcribes the speech the speaker stage found in each chunk; loads the Whisper model once per actor."""
+    """Transcribes the speech the speaker stage found in each chunk and cuts it into utterances
+    (``ray_jobs/utterances.py``); loads the Whisper model once per actor."""
 
     def __init__(self, config: RunConfig) -> None:
         from models.asr import Transcriber
@@ -118,17 +119,23 @@ class AsrStage:
             model, device=c.device, compute_type=c.compute_type, cpu_threads=c.cpu_threads,
             language=c.language, beam_size=c.beam_size,
         )
+        self.utterances = config.utterances
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        from ray_jobs.utterances import split_segment
+
         row = {**row, "segments": []}
         regions = row.pop("speech_regions", None)
         if row.get("error"):
             return row
+        u = self.utterances
         try:
             speech = [tuple(r) for r in np.asarray(regions, np.float64).reshape(-1, 2)]
-            segments = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]), speech=speech)
-            row["segments"] = [s.as_record() for s in segments]
+            groups = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]), speech=speech,
+                                                 max_pause_s=u.max_pause_s)
+            utterances = [utt for g in groups for utt in split_segment(g, u.max_pause_s, u.max_duration_s)]
+            row["segments"] = [s.as_record() for s in utterances]
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "asr", exc)
         return row

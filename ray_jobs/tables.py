@@ -70,18 +70,24 @@ UTTERANCES = pa.schema(
         ("text", pa.string()),
         ("words", pa.list_(WORD)),
         ("asr_logprob", pa.float64()),
+        # what the decoder needed: redecoded (a loop or too many words, decoded again with seeded
+        # temperature fallback), implausible_text (still so after it), words_outside_speech_dropped
+        ("asr_flags", pa.list_(pa.string())),
         ("face_person", pa.int32()),  # whose face the face columns show (face_attribution); null: nobody's
         ("face_coverage", pa.float64()),
         ("face_probs", pa.list_(pa.float32(), len(LABELS))),
         ("face_valence", pa.float64()),
         ("face_arousal", pa.float64()),
+        ("face_confidence", pa.float64()),  # top probability of face_probs
         ("voice_probs", pa.list_(pa.float32(), len(LABELS))),
         ("voice_valence", pa.float64()),
         ("voice_arousal", pa.float64()),
+        ("voice_confidence", pa.float64()),  # top probability of voice_probs; 0: speech out of the model's domain
         ("prosody", PROSODY),
         ("dissonance", pa.bool_()),
         ("dissonance_score", pa.float64()),
         ("dissonance_label", pa.string()),  # direction, e.g. "happy face, distressed voice"
+        ("dissonance_reason", pa.string()),  # why dissonance is null: therapist, no face, face unsure, ...
     ]
 )
 

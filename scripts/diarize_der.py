@@ -48,6 +48,7 @@ from models.diarize import (
     speech_windows,
 )
 from models.registry import resolve
+from ray_jobs.config import UtterancesConfig
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from synth import speech_span  # noqa: E402
@@ -116,7 +117,7 @@ def asr_words(audio: np.ndarray) -> list[dict]:
 
         _ASR = Transcriber(resolve("asr"), cpu_threads=2)
     return [
-        {"start": w.start, "end": w.end, "word": w.word} for seg in _ASR.transcribe(audio) for w in seg.words
+        {"start": w.start, "end": w.end, "word": w.word} for seg in _ASR.transcribe(audio, max_pause_s=UtterancesConfig().max_pause_s) for w in seg.words
     ]
 
 

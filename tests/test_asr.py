@@ -7,16 +7,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.asr import HOP_S, Transcriber, trim_to_voice, voiced_frames, whisper_clips
+from models.asr import HOP_S, Transcriber, implausible, longest_repeat, speech_groups, trim_to_voice, voiced_frames
 from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
+from ray_jobs.config import UtterancesConfig
 from ray_jobs.media import load_audio
 from textnorm import grid_sentence, normalise, wer
 
 
+PAUSE_S = UtterancesConfig().max_pause_s
+
+
+class _Transcriber(Transcriber):
+    """The adapter with the pipeline's default pause, so each test reads as the pipeline calls it."""
+
+    def transcribe(self, audio, offset_s=0.0, speech=None, *, max_pause_s=PAUSE_S):
+        return super().transcribe(audio, offset_s, speech, max_pause_s=max_pause_s)
+
+
 @pytest.fixture(scope="module")
 def transcriber() -> Transcriber:
-    return Transcriber(resolve("asr"), compute_type="int8", cpu_threads=2)
+    return _Transcriber(resolve("asr"), compute_type="int8", cpu_threads=2)
 
 
 def test_offline_weights_come_from_the_package():
@@ -102,14 +113,39 @@ def test_output_words_lie_on_voiced_audio(transcriber, grid_dir):
             assert voiced[int(w.start / HOP_S): int(np.ceil(w.end / HOP_S))].any(), w
 
 
-def test_whisper_hears_the_clips_its_own_vad_would_prepare():
-    # seconds on a chunk that starts at 100 s; 1 s of audio is 16000 samples
-    clips = whisper_clips([(101.0, 102.0), (102.5, 103.0), (106.0, 106.2), (109.8, 111.0)], 100.0, 10 * 16000)
-    # padded by 0.4 s; the first two regions are 0.5 s apart (joined), the third 3 s away; the last is
-    # clamped to the chunk's end
-    assert clips == [{"start": 9600, "end": 54400}, {"start": 89600, "end": 105600},
-                     {"start": 150400, "end": 160000}]
-    assert whisper_clips([], 0.0, 16000) == [] and whisper_clips([(5.0, 6.0)], 0.0, 16000) == []
+def test_regions_closer_than_the_pause_are_one_whisper_input():
+    groups = speech_groups([(1.0, 2.0), (2.5, 3.0), (6.0, 6.2), (9.8, 11.0)], max_pause_s=0.8, max_group_s=28.0)
+    # 0.5 s apart: one input; 3 s and 3.6 s apart: inputs of their own
+    assert [(g.start, g.end) for g in groups] == [(1.0, 3.0), (6.0, 6.2), (9.8, 11.0)]
+    assert groups[0].voiced_s == pytest.approx(1.5)
+    # an input never grows past max_group_s: a long run of close regions is cut between regions
+    many = speech_groups([(i * 2.0, i * 2.0 + 1.5) for i in range(20)], max_pause_s=0.8, max_group_s=10.0)
+    assert all(g.end - g.start <= 10.0 for g in many) and sum(len(g.regions) for g in many) == 20
+    assert speech_groups([], 0.8, 28.0) == []
+
+
+def test_text_the_audio_cannot_hold_is_implausible():
+    loop = "kids are talking " * 7
+    assert longest_repeat(loop.split()) == 7 and implausible(loop, voiced_s=20.0)
+    # 7 words in 2 s of speech is fast but possible; 40 is not
+    assert not implausible("kids are talking by the door now", voiced_s=2.0)
+    assert implausible(" ".join(f"w{i}" for i in range(40)), voiced_s=2.0)
+    # a word said twice is speech, not a loop
+    assert not implausible("no no I said the door", voiced_s=2.0) and longest_repeat("a b a b".split()) == 2
+
+
+def test_each_group_is_decoded_on_its_own(transcriber, grid_dir):
+    # two GRID sentences 1.5 s apart: two inputs, two segments, no word across the silence between them
+    one = load_audio(grid_dir / "id2_vcd_swwp2s.mpg")[int(0.3 * 16000): int(2.4 * 16000)]
+    gap = np.zeros(int(1.5 * 16000), np.float32)
+    audio = np.concatenate([one, gap, one])
+    second = len(one) / 16000 + 1.5
+    speech = [(0.19, 1.91), (second + 0.19, second + 1.91)]
+    segments = transcriber.transcribe(audio, speech=speech)
+    assert len(segments) == 2
+    assert segments[0].end <= 1.91 + 1e-6 and segments[1].start >= second + 0.19 - 1e-6
+    for seg in segments:
+        assert wer(grid_sentence("swwp2s"), normalise(seg.text)) <= 0.5, seg.text
 
 
 def test_transcribes_only_the_speech_it_is_given(transcriber, grid_dir):

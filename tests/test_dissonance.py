@@ -42,7 +42,8 @@ def test_threshold_is_configurable():
 def test_missing_channel_is_null_never_false(missing):
     row = utt(0.1, 0.1, 0.1, 0.1, onehot("neutral"), onehot("neutral"))
     row[missing] = None
-    assert utterance_dissonance(row) == Dissonance(None, None, None)
+    channel = missing.split("_")[0]
+    assert utterance_dissonance(row) == Dissonance(None, None, None, f"no {channel}")
     row[missing] = float("nan")
     assert utterance_dissonance(row).dissonant is None
 
@@ -80,8 +81,22 @@ def test_annotate_skips_therapist_and_summarises_session():
     ]
     annotate(rows)
     assert [r["dissonance"] for r in rows] == [True, True, None, False, None, True]
+    assert [r["dissonance_reason"] for r in rows] == [None, None, "therapist", None, "no face", None]
     summary = session_summary(rows)
     assert summary["dissonance_rate"] == pytest.approx(3 / 4)
     assert summary["dissonance_longest_run"] == 2 and summary["dissonance_longest_run_s"] == pytest.approx(2.5)
     assert [m["utt_id"] for m in summary["dissonance_top"]] == ["u0", "u1", "u5"]
     assert session_summary([utt(None, None, None, None)])["dissonance_rate"] is None
+
+
+def test_unsure_or_out_of_domain_channels_are_left_out_with_their_reason():
+    sure = utt(0.0, 0.0, 0.9, 0.0, face_confidence=0.8, voice_confidence=0.7)
+    assert utterance_dissonance(sure, min_face_confidence=0.5, min_voice_confidence=0.5).dissonant is True
+    unsure_face = {**sure, "face_confidence": 0.3}
+    assert utterance_dissonance(unsure_face, min_face_confidence=0.5) == Dissonance(None, None, None, "face unsure")
+    unsure_voice = {**sure, "voice_confidence": 0.4}
+    assert utterance_dissonance(unsure_voice, min_voice_confidence=0.5).reason == "voice unsure"
+    # confidence 0 is the voice model's word for speech unlike its training data, whatever the floor
+    assert utterance_dissonance({**sure, "voice_confidence": 0.0}).reason == "voice out of domain"
+    # a channel without a confidence (a dimensional model) is compared as it is
+    assert utterance_dissonance(utt(0.0, 0.0, 0.9, 0.0), min_voice_confidence=0.9).dissonant is True

@@ -77,6 +77,8 @@ def test_grid_emotions_are_canonical_and_neutral(grid_faces: FaceFrames) -> None
     va = valence_arousal(probs)
     np.testing.assert_allclose(grid_faces.valence[grid_faces.found], va[:, 0], atol=1e-6)
     np.testing.assert_allclose(grid_faces.arousal[grid_faces.found], va[:, 1], atol=1e-6)
+    # a neutral face lands near the circumplex origin (the plain expectation put it at valence -0.34)
+    assert abs(float(va[:, 0].mean())) < 0.2 and abs(float(va[:, 1].mean())) < 0.2, va.mean(axis=0)
 
 
 def test_frames_without_face_get_nan_rows(analyzer: FaceAnalyzer, grid_frames: np.ndarray) -> None:
@@ -183,9 +185,11 @@ def test_aggregate_windows() -> None:
     assert row["face_coverage"] == pytest.approx(0.75)
     assert row["face_probs"] == pytest.approx([1 / 3, 2 / 3, 0, 0, 0, 0, 0, 0])
     assert row["face_valence"] == pytest.approx(2 / 3)
+    assert row["face_confidence"] == pytest.approx(2 / 3)  # the top class of the mean distribution
 
     no_face = aggregate(times, faces, 2.0, 3.5)  # frames sampled, none shows a face
-    assert no_face == {"face_coverage": 0.0, "face_probs": None, "face_valence": None, "face_arousal": None}
+    assert no_face == {"face_coverage": 0.0, "face_probs": None, "face_valence": None, "face_arousal": None,
+                       "face_confidence": None}
 
     short = aggregate(times, faces, 0.6, 0.8)  # no sampled frame inside: nearest (0.5 s, a face) is used
     assert short["face_coverage"] == 1.0 and short["face_valence"] == pytest.approx(1.0)
