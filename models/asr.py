@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import ctranslate2
@@ -44,6 +44,7 @@ MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop
 MAX_REPEATS = 3  # a phrase said this many times back to back is a decoding loop
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 FALLBACK_SEED = 0
+ENCODER_FRAME_S = 0.02  # Whisper's encoder: one output frame per 20 ms of its input
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,14 @@ class Segment:
     no_speech_prob: float
     words: tuple[Word, ...]
     flags: tuple[str, ...] = ()  # what the decoder needed: "redecoded", "implausible_text", ...
+    # The encoder output of the Whisper input this segment came from (frames × d, one frame per
+    # ENCODER_FRAME_S from ``encoder_start``); only kept when the Transcriber is asked to.
+    encoder: np.ndarray | None = field(default=None, repr=False, compare=False)
+    encoder_start: float = 0.0
 
     def as_record(self) -> dict:
-        """Plain dict (words as a list of dicts) for Arrow tables."""
-        record = asdict(self)
+        """Plain dict (words as a list of dicts) for Arrow tables; the encoder output stays behind."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("encoder", "encoder_start")}
         record["words"] = [asdict(w) for w in self.words]
         record["flags"] = list(self.flags)
         return record
@@ -98,6 +103,7 @@ class Transcriber:
         cpu_threads: int = 0,
         language: str | None = None,
         beam_size: int = 5,
+        keep_encoder: bool = False,
     ) -> None:
         self.model_info = model
         self._model = WhisperModel(
@@ -106,6 +112,24 @@ class Transcriber:
         # English-only checkpoints (".en") reject a language argument other than English.
         self.language = "en" if not self._model.model.is_multilingual else language
         self.beam_size = beam_size
+        self._encoded: list[np.ndarray] = []
+        if keep_encoder:
+            self._model.encode = self._capturing(self._model.encode)  # type: ignore[method-assign]
+
+    def _capturing(self, encode: Callable[[np.ndarray], ctranslate2.StorageView]
+                   ) -> Callable[[np.ndarray], ctranslate2.StorageView]:
+        """``WhisperModel.encode`` that also keeps the first window's output of each input: an input is
+        at most ``MAX_INPUT_S`` long, so that window holds all of it, and the voice channel reuses it
+        instead of encoding the audio a second time."""
+
+        def encode_and_keep(features: np.ndarray) -> ctranslate2.StorageView:
+            output = encode(features)
+            if not self._encoded:
+                on_cpu = output if output.device == "cpu" else output.to_device(ctranslate2.Device.cpu)
+                self._encoded.append(np.array(on_cpu)[0])
+            return output
+
+        return encode_and_keep
 
     def transcribe(
         self,
@@ -169,6 +193,8 @@ class Transcriber:
             no_speech_prob=float(np.mean([s.no_speech_prob for s in segments])),
             words=tuple(words),
             flags=tuple(flags),
+            encoder=self._encoded[0] if self._encoded else None,
+            encoder_start=first,
         )
 
     def _decode(self, audio: np.ndarray, fallback: bool) -> list[Any]:
@@ -177,11 +203,12 @@ class Transcriber:
         temperature: float | tuple[float, ...] = FALLBACK_TEMPERATURES if fallback else 0.0
         if fallback:
             ctranslate2.set_random_seed(FALLBACK_SEED)
+        self._encoded.clear()
         segments, _ = self._model.transcribe(
             audio, language=self.language, beam_size=self.beam_size, temperature=temperature,
             word_timestamps=True, condition_on_previous_text=False, vad_filter=False,
         )
-        return list(segments)
+        return list(segments)  # decoding runs here (the generator is lazy), filling self._encoded
 
 
 def _text(segments: Sequence[Any]) -> str:
