@@ -33,7 +33,7 @@ from ray_jobs.report import ASSETS, read_run, template_env
 from ray_jobs.report import CSP as REPORT_CSP
 from ray_jobs.storage import is_uri
 from studio import security
-from studio.store import MAX_COMMENT_CHARS, Store, StudioError, parse_answer
+from studio.store import LOGIN_TTL_S, MAX_COMMENT_CHARS, Store, StudioError, parse_answer
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"studio.css": HERE / "static" / "studio.css", "studio.js": HERE / "static" / "studio.js",
@@ -71,12 +71,127 @@ class Studio:
         if is_uri(source):
             return None, f"the source is in an object store ({source}); the studio plays local files only"
         path = Path(source)
+        if not path.is_file():
+            return None, f"the source file {source} is missing (or not a regular file)"
         try:
             with open(path, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            return None, f"the source file {source} is missing or unreadable ({exc.strerror or type(exc).__name__})"
-        return (path if path.is_file() else None), (None if path.is_file() else f"{source} is not a regular file")
+            return None, f"the source file {source} is unreadable ({exc.strerror or type(exc).__name__})"
+        return path, None
+
+    def rater_of(self, request: Request) -> str:
+        if request.state.rater is None:
+            raise StudioError("sign in with your rater token to rate", 401)
+        return request.state.rater
+
+    # ------------------------------------------------------------------------------------------------
+    # pages (each a Starlette endpoint)
+
+    async def sessions_page(self, request: Request) -> Response:
+        progress = self.store.progress()
+        rows = [{"s": s, "progress": progress.get(s.get("session_id"), {"items": 0, "ratings": 0})}
+                for s in self.run.sessions]  # fmt: skip
+        has_report = security.contained_file(self.run_dir, "report/index.html") is not None
+        return self.render(request, "sessions.html.j2", rows=rows, n_raters=len(self.store.raters()),
+                           run_name=self.run_dir.name, has_report=has_report)  # fmt: skip
+
+    async def session_page(self, request: Request) -> Response:
+        s = self.sessions.get(request.path_params["sid"])
+        if s is None:
+            raise HTTPException(404)
+        path, problem = self.media_file(s)
+        kind = "audio" if path is not None and path.suffix.lower() in AUDIO_SUFFIXES else "video"
+        return self.render(request, "session.html.j2", **self.run.session_page(s), media_problem=problem,
+                           media_kind=kind, blinded=request.state.rater is not None)  # fmt: skip
+
+    async def media(self, request: Request) -> Response:
+        s = self.sessions.get(request.path_params["sid"])
+        path = self.media_file(s)[0] if s is not None else None
+        if path is None:
+            raise HTTPException(404)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=kind)  # answers Range requests with 206 / 416
+
+    async def static(self, request: Request) -> Response:
+        path = STATIC.get(request.path_params["name"])
+        if path is None:
+            raise HTTPException(404)
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    async def report(self, request: Request) -> Response:
+        if request.state.rater is not None:
+            raise StudioError("the static report shows the prompt conditions: not while you are signed in as a rater", 403)
+        path = security.contained_file(self.run_dir / "report", request.path_params["path"])
+        if path is None:
+            raise HTTPException(404)
+        return FileResponse(path, headers={"Content-Security-Policy": REPORT_CSP})
+
+    async def signin(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self.render(request, "signin.html.j2", message=None)
+        form = await checked_form(self, request)
+        try:
+            _, login = self.store.sign_in(form.get("token", ""))
+        except StudioError as exc:
+            return self.render(request, "signin.html.j2", exc.status, message=str(exc))
+        response = RedirectResponse("/rate", 303)
+        response.set_cookie(security.LOGIN_COOKIE, login, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
+        return response
+
+    async def signout(self, request: Request) -> Response:
+        await checked_form(self, request)
+        if request.cookies.get(security.LOGIN_COOKIE):
+            self.store.sign_out(request.cookies[security.LOGIN_COOKIE])
+        response = RedirectResponse("/", 303)
+        response.delete_cookie(security.LOGIN_COOKIE)
+        return response
+
+    async def rate_next(self, request: Request) -> Response:
+        """Resume: the rater's first unrated item in their order (or the end)."""
+        rater = self.rater_of(request)
+        order, done = self.store.order(rater), self.store.rated(rater)
+        first = next((n for n, item in enumerate(order, start=1) if item not in done), None)
+        if first is None:
+            return self.render(request, "done.html.j2", n_items=len(order))
+        return RedirectResponse(f"/rate/{first}", 303)
+
+    async def rate(self, request: Request) -> Response:
+        rater = self.rater_of(request)
+        order, n = self.store.order(rater), request.path_params["n"]
+        if not 1 <= n <= len(order):
+            raise StudioError(f"there is no item {n} (you have {len(order)})", 404)
+        item = order[n - 1]
+        if request.method == "POST":
+            return await self.save(request, rater, n, item)
+        return self.render(request, "rate.html.j2", n=n, total=len(order), n_done=len(self.store.rated(rater)),
+                           item=self.store.item(item), answer=self.store.answer(rater, item), criteria=CRITERIA,
+                           labels=SCORE_LABELS)  # fmt: skip
+
+    async def save(self, request: Request, rater: str, n: int, item: str) -> Response:
+        """Commit one answer (CSRF-checked, validated, on top of the revision the form was made from)."""
+        form = await checked_form(self, request)
+        if form.get("item") != item:
+            raise StudioError(f"item {form.get('item')!r} is not item {n} of your list", 404)
+        revision = form.get("revision", "")
+        if not revision.isdigit():
+            raise StudioError("the form has no valid revision: reload the page", 400)
+        self.store.save(rater, item, parse_answer(form), int(revision))
+        log.info("rating saved: rater=%s item=%s", rater, item)
+        return RedirectResponse("/rate", 303)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.sessions_page),
+            Route("/session/{sid}", self.session_page),
+            Route("/media/{sid}", self.media),
+            Route("/static/{name}", self.static),
+            Route("/report/{path:path}", self.report),
+            Route("/signin", self.signin, methods=["GET", "POST"]),
+            Route("/signout", self.signout, methods=["POST"]),
+            Route("/rate", self.rate_next),
+            Route("/rate/{n:int}", self.rate, methods=["GET", "POST"]),
+        ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,117 +227,6 @@ async def checked_form(studio: Studio, request: Request) -> dict[str, str]:
     return fields
 
 
-# ----------------------------------------------------------------------------------------------------
-# pages
-
-
-def _routes(studio: Studio) -> list[Route]:
-    async def sessions(request: Request) -> Response:
-        progress = studio.store.progress()
-        n_raters = len(studio.store.raters())
-        rows = [{"s": s, "progress": progress.get(s.get("session_id"), {"items": 0, "ratings": 0})}
-                for s in studio.run.sessions]  # fmt: skip
-        has_report = security.contained_file(studio.run_dir, "report/index.html") is not None
-        return studio.render(request, "sessions.html.j2", rows=rows, n_raters=n_raters, criteria=CRITERIA,
-                             run_name=studio.run_dir.name, has_report=has_report)  # fmt: skip
-
-    async def session(request: Request) -> Response:
-        s = studio.sessions.get(request.path_params["sid"])
-        if s is None:
-            raise HTTPException(404)
-        path, problem = studio.media_file(s)
-        kind = "audio" if path is not None and path.suffix.lower() in AUDIO_SUFFIXES else "video"
-        return studio.render(request, "session.html.j2", **studio.run.session_page(s), media_problem=problem,
-                             media_kind=kind, blinded=request.state.rater is not None)  # fmt: skip
-
-    async def media(request: Request) -> Response:
-        s = studio.sessions.get(request.path_params["sid"])
-        path = studio.media_file(s)[0] if s is not None else None
-        if path is None:
-            raise HTTPException(404)
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=kind)  # answers Range requests with 206 / 416
-
-    async def static(request: Request) -> Response:
-        path = STATIC.get(request.path_params["name"])
-        if path is None:
-            raise HTTPException(404)
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
-
-    async def report(request: Request) -> Response:
-        path = security.contained_file(studio.run_dir / "report", request.path_params["path"])
-        if path is None:
-            raise HTTPException(404)
-        return FileResponse(path, headers={"Content-Security-Policy": REPORT_CSP})
-
-    async def signin(request: Request) -> Response:
-        if request.method == "GET":
-            return studio.render(request, "signin.html.j2", message=None)
-        form = await checked_form(studio, request)
-        try:
-            _, login = studio.store.sign_in(form.get("token", ""))
-        except StudioError as exc:
-            return studio.render(request, "signin.html.j2", exc.status, message=str(exc))
-        response = RedirectResponse("/rate", 303)
-        response.set_cookie(security.LOGIN_COOKIE, login, httponly=True, samesite="strict",
-                            max_age=7 * 24 * 3600)  # fmt: skip
-        return response
-
-    async def signout(request: Request) -> Response:
-        await checked_form(studio, request)
-        if request.cookies.get(security.LOGIN_COOKIE):
-            studio.store.sign_out(request.cookies[security.LOGIN_COOKIE])
-        response = RedirectResponse("/", 303)
-        response.delete_cookie(security.LOGIN_COOKIE)
-        return response
-
-    def rater_of(request: Request) -> str:
-        if request.state.rater is None:
-            raise StudioError("sign in with your rater token to rate", 401)
-        return request.state.rater
-
-    async def rate_next(request: Request) -> Response:
-        rater = rater_of(request)
-        order, done = studio.store.order(rater), studio.store.rated(rater)
-        first = next((n for n, item in enumerate(order, start=1) if item not in done), None)
-        if first is None:
-            return studio.render(request, "done.html.j2", n_items=len(order))
-        return RedirectResponse(f"/rate/{first}", 303)
-
-    async def rate(request: Request) -> Response:
-        rater = rater_of(request)
-        order, n = studio.store.order(rater), request.path_params["n"]
-        if not 1 <= n <= len(order):
-            raise StudioError(f"there is no item {n} (you have {len(order)})", 404)
-        item = order[n - 1]
-        if request.method == "POST":
-            form = await checked_form(studio, request)
-            if form.get("item") != item:
-                raise StudioError(f"item {form.get('item')!r} is not item {n} of your list", 404)
-            revision = form.get("revision", "")
-            if not revision.isdigit():
-                raise StudioError("the form has no valid revision: reload the page", 400)
-            studio.store.save(rater, item, parse_answer(form), int(revision))
-            log.info("rating saved: rater=%s item=%s", rater, item)
-            return RedirectResponse("/rate", 303)
-        done = studio.store.rated(rater)
-        return studio.render(request, "rate.html.j2", n=n, total=len(order), n_done=len(done),
-                             item=studio.store.item(item), answer=studio.store.answer(rater, item),
-                             criteria=CRITERIA, labels=SCORE_LABELS)  # fmt: skip
-
-    return [
-        Route("/", sessions),
-        Route("/session/{sid}", session),
-        Route("/media/{sid}", media),
-        Route("/static/{name}", static),
-        Route("/report/{path:path}", report),
-        Route("/signin", signin, methods=["GET", "POST"]),
-        Route("/signout", signout, methods=["POST"]),
-        Route("/rate", rate_next),
-        Route("/rate/{n:int}", rate, methods=["GET", "POST"]),
-    ]
-
-
 def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
     """The app for ``run_dir`` as served on ``host`` (a non-loopback host requires sign-in everywhere)."""
     loopback = security.is_loopback(host)
@@ -235,5 +239,5 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
 
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(security.LOOPBACK_NAMES) if loopback else ["*"]),
                   Middleware(BaseHTTPMiddleware, dispatch=_middleware(studio))]  # fmt: skip
-    return Starlette(routes=_routes(studio), middleware=middleware,
+    return Starlette(routes=studio.routes(), middleware=middleware,
                      exception_handlers={StudioError: studio_error, HTTPException: studio_error})  # fmt: skip

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from studio.security import is_loopback
-from studio.store import Store, StudioError
+from studio.store import DB_NAME, Store, StudioError
 
 NETWORK_WARNING = (
     "WARNING: emoguide studio is bound to {host}, not to loopback: anyone who can reach this machine on port "
@@ -72,6 +72,10 @@ def main(argv: list[str]) -> int:
         print(f"token (shown once, only its hash is stored; give it to the rater privately): {token}")
         return 0
     if command == "export":
+        if not (args.run_dir / DB_NAME).exists():
+            print(f"emoguide studio: error: {args.run_dir / DB_NAME} does not exist: no rater has been added",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         written = Store(args.run_dir).export()
         print(f"expert ratings: {written['ratings']}\nkey (keep away from raters): {written['key']}\n"
               f"comments: {written['comments']}")  # fmt: skip

@@ -134,9 +134,12 @@ class Store:
             db.close()
 
     def _make_items(self, db: sqlite3.Connection) -> None:
-        """The blinded items, once per store: the same ids for every rater, whatever runs later."""
+        """The blinded items, once per store: the same ids for every rater, whatever runs later. Without
+        interventions.parquet yet, nothing is recorded and the items are made when it exists."""
         path = self.run_dir / "interventions.parquet"
-        entries = rating_entries(pq.read_table(path).to_pylist()) if path.exists() else []
+        if not path.exists():
+            return
+        entries = rating_entries(pq.read_table(path).to_pylist())
         seed = secrets.randbits(63)
         ids = blinded_ids(np.random.default_rng(seed), len(entries))
         db.executemany(

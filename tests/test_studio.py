@@ -239,31 +239,35 @@ def test_network_bind_needs_a_token_for_every_page(network_server, tmp_path):
     assert anonymous.request("POST", "/signin", {"token": "wrong", "csrf": anonymous.csrf()})[0] == 401
     anonymous.sign_in(token)
     assert anonymous.get("/")[0] == 200
+    assert anonymous.get("/report/index.html")[0] == 403  # the static report would unblind a rater
     status, _, body = anonymous.get("/session/s01")
     assert status == 200 and 'id="blinded"' in body and "[dissonance]" not in body  # a rater is never unblinded
-    assert "missing or unreadable" in body and 'id="transcript"' in body  # /data/s01.mp4 does not exist
+    assert "/data/s01.mp4 is missing" in body and 'id="media-problem"' in body and 'id="transcript"' in body
     assert anonymous.get("/media/s01")[0] == 404
 
 
-def test_traversal_and_symlinks_outside_the_run_are_not_found(network_server, tmp_path):
-    server, token, _ = network_server
-    (server.run_dir / "report").mkdir(exist_ok=True)
-    (server.run_dir / "report" / "index.html").write_text("<p>report</p>")
+def test_traversal_and_symlinks_outside_the_run_are_not_found(synthetic_run, tmp_path):
+    run, _ = synthetic_run
+    (run / "report").mkdir()
+    (run / "report" / "index.html").write_text("<p>report</p>")
     outside = tmp_path / "secret.txt"
     outside.write_text("secret")
-    (server.run_dir / "report" / "leak.html").symlink_to(outside)
-    (server.run_dir / "report" / "alias.html").symlink_to(server.run_dir / "report" / "index.html")
+    (run / "report" / "leak.html").symlink_to(outside)
+    (run / "report" / "alias.html").symlink_to(run / "report" / "index.html")
+    server = Server(run, tmp_path / "server.log").start()
     client = Client(server.base)
-    client.sign_in(token)
-    assert client.get("/report/index.html")[0] == 200
-    assert client.get("/report/alias.html")[0] == 200  # a link that stays inside is fine
-    for path in ["/report/leak.html", "/report/../sessions.parquet", "/report/..%2fsessions.parquet",
-                 "/report/%2e%2e/%2e%2e/etc/passwd", "/report//etc/passwd", "/report/..\\sessions.parquet",
-                 "/static/../app.py", "/static/..%2fapp.py", "/media/..%2f..%2fetc%2fpasswd",
-                 "/session/..%2fsessions.parquet", "/report/%00"]:  # fmt: skip
-        status, _, body = client.get(path)
-        assert status == 404, path
-        assert "secret" not in body and "PAR1" not in body
+    try:
+        assert client.get("/report/index.html")[0] == 200
+        assert client.get("/report/alias.html")[0] == 200  # a link that stays inside is fine
+        for path in ["/report/leak.html", "/report/../sessions.parquet", "/report/..%2fsessions.parquet",
+                     "/report/%2e%2e/%2e%2e/etc/passwd", "/report//etc/passwd", "/report/..\\sessions.parquet",
+                     "/static/../app.py", "/static/..%2fapp.py", "/media/..%2f..%2fetc%2fpasswd",
+                     "/session/..%2fsessions.parquet", "/report/%00"]:  # fmt: skip
+            status, _, body = client.get(path)
+            assert status == 404, path
+            assert "secret" not in body and "PAR1" not in body
+    finally:
+        server.kill()
 
 
 def test_posts_need_the_csrf_token_and_bad_input_changes_nothing(network_server):
