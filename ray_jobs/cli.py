@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--session", help="only this session's page (and the index)")
     report.add_argument("--out", type=Path, help="folder for the HTML files (default: RUN_DIR/report)")
+    studio = sub.add_parser("studio", add_help=False, help="review app: watch sessions, rate interventions blind "
+                            "(`emoguide studio --help`)")  # fmt: skip
+    studio.add_argument("studio_args", nargs=argparse.REMAINDER)
 
     judge = ev_sub.add_parser("judge", help="LLM judge: empathy, comprehensiveness, applicability (1-5)")
     judge.add_argument("run_dir", type=Path)
@@ -394,7 +397,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["studio"]:  # its own parser (it has subcommands and a positional RUN_DIR)
+        args = argparse.Namespace(command="studio", studio_args=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -406,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_submit(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "studio":
+            from studio.cli import main as studio_main
+
+            return studio_main(args.studio_args)
     except (ConfigError, InputError, ModelNotFoundError, ReportError, RatingsError, StorageError) as exc:
         print(f"emoguide: error: {exc}", file=sys.stderr)
         return 2

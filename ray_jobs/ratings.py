@@ -80,14 +80,15 @@ def key_path_for(sheet_csv: str | Path) -> Path:
     return p.with_name(f"{p.stem}.key.csv")
 
 
-def export_rating_sheet(run_dir: str | Path, out_csv: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write the blinded sheet to ``out_csv`` and its key next to it; returns (sheet_csv, key_csv)."""
-    run_dir, out_csv = Path(run_dir), Path(out_csv)
-    path = run_dir / "interventions.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no interventions in this run folder")
-    rows = pq.read_table(path).to_pylist()
-    entries: list[dict[str, Any]] = []  # key fields + context + response
+def rating_entries(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The replies experts rate, from ``interventions.parquet`` rows, in row order: every non-empty generation
+    and, once per client turn, the therapist's actual reply (condition and model ``reference``).
+
+    Each entry carries its key fields (session_id, utt_id, condition, model), the dialogue ``context`` without
+    the emotion cues (they would reveal the condition) and the ``response``. The rating sheet and the review
+    studio both rate exactly these, so their items mean the same thing.
+    """
+    entries: list[dict[str, Any]] = []
     seen: set[tuple[Any, Any]] = set()
     for r in rows:
         sid, uid = r["session_id"], r["utt_id"]
@@ -100,21 +101,41 @@ def export_rating_sheet(run_dir: str | Path, out_csv: str | Path, seed: int = 0)
             seen.add((sid, uid))
             entries.append({"session_id": sid, "utt_id": uid, "condition": REFERENCE, "model": REFERENCE,
                             "context": ctx, "response": str(r["reference"]).strip()})  # fmt: skip
-    rng = np.random.default_rng(seed)
+    return entries
+
+
+def blinded_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` distinct random item ids (``I`` + 8 hex digits) that say nothing about what they name."""
     ids: list[str] = []
     used: set[str] = set()
-    while len(ids) < len(entries):
+    while len(ids) < n:
         cand = f"I{int(rng.integers(0, 2**32)):08x}"
         if cand not in used:
             used.add(cand)
             ids.append(cand)
+    return ids
+
+
+def write_key(key_csv: str | Path, key_rows: Iterable[Sequence[Any]]) -> Path:
+    """The key (``item, session_id, utt_id, condition, model``), sorted by item; keep it away from raters."""
+    return _write_csv_atomic(Path(key_csv), KEY_COLUMNS, sorted(key_rows, key=lambda k: k[0]))
+
+
+def export_rating_sheet(run_dir: str | Path, out_csv: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the blinded sheet to ``out_csv`` and its key next to it; returns (sheet_csv, key_csv)."""
+    run_dir, out_csv = Path(run_dir), Path(out_csv)
+    path = run_dir / "interventions.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no interventions in this run folder")
+    entries = rating_entries(pq.read_table(path).to_pylist())
+    rng = np.random.default_rng(seed)
+    ids = blinded_ids(rng, len(entries))
     order = rng.permutation(len(entries))
     sheet = [[ids[i], _safe_cell(entries[i]["context"]), _safe_cell(entries[i]["response"]), *[""] * len(CRITERIA), ""]
              for i in order]  # fmt: skip
-    key = sorted(([ids[i], *(entries[i][c] for c in KEY_COLUMNS[1:])] for i in range(len(entries))), key=lambda k: k[0])
     key_csv = key_path_for(out_csv)
     _write_csv_atomic(out_csv, SHEET_COLUMNS, sheet)
-    _write_csv_atomic(key_csv, KEY_COLUMNS, key)
+    write_key(key_csv, ([ids[i], *(entries[i][c] for c in KEY_COLUMNS[1:])] for i in range(len(entries))))
     return out_csv, key_csv
 
 

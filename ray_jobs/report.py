@@ -23,6 +23,8 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ REFERENCE_CONDITIONS = (
     "reference",
     "therapist",
 )  # judgements of the therapist's actual reply, if any
+# Every report page's policy (in a <meta> tag): inline CSS and the SVG only, no script, no fetch.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 MAX_PROMPT_CHARS = 20_000  # a shown prompt keeps its end (context + cue) beyond this
 _KEYS = (
     "session_id",
@@ -221,6 +225,7 @@ def timeline_svg(
                 span.set_url(f"#utt-{u.get('utt_id')}")
                 span.set_gid(f"dissonant-{k}-{dim}")
                 k += 1
+            ax.patch.set_gid(f"axes-{dim}")  # its extent maps time to x (the studio's playhead)
             ax.axhline(0, color="#999999", lw=0.8, zorder=2)
             for channel, color, style, marker in (
                 ("face", FACE_COLOR, "-", "o"),
@@ -275,12 +280,13 @@ def timeline_svg(
         )
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
-    return _inline_svg(buf.getvalue(), width_in)
+    return _inline_svg(buf.getvalue(), width_in, t_end if t_end > 0 else 1.0)
 
 
-def _inline_svg(svg: str, width_in: float) -> str:
+def _inline_svg(svg: str, width_in: float, t_end: float) -> str:
     """matplotlib's SVG document as an element for inline HTML: no XML prologue, links open in place,
-    responsive width (scrolls horizontally below its natural width when the session is long)."""
+    responsive width (scrolls horizontally below its natural width when the session is long). The x axis
+    runs from 0 to ``data-t-end`` seconds across the ``axes-*`` patches."""
     svg = svg[svg.index("<svg") :]
     svg = svg.replace(
         ' target="_blank"', ""
@@ -290,7 +296,8 @@ def _inline_svg(svg: str, width_in: float) -> str:
     min_px = int(
         width_in * 96 * 0.95
     )  # about natural size (96 px per inch): never squeezed illegible
-    head += f' width="100%" style="min-width: {min_px}px" role="img" aria-label="emotion timeline"'
+    head += (f' width="100%" style="min-width: {min_px}px" role="img" aria-label="emotion timeline"'
+             f' data-t-end="{t_end:.3f}"')
     return head + svg[head_end:]
 
 
@@ -508,6 +515,8 @@ def _utterance_rows(
                 "utt_id": u.get("utt_id"),
                 "start": fmt_time(_finite(u.get("start_s"))),
                 "end": fmt_time(_finite(u.get("end_s"))),
+                "start_s": _finite(u.get("start_s")),
+                "end_s": _finite(u.get("end_s")),
                 "speaker": u.get("speaker"),
                 "role": u.get("role") or "unknown",
                 "text": u.get("text") or "",
@@ -580,9 +589,11 @@ def session_context(
 # writing
 
 
-def _env() -> jinja2.Environment:
+def template_env(*search: Path) -> jinja2.Environment:
+    """The report's Jinja environment (autoescaping, filters, macros); templates in ``search`` come first,
+    so the review studio renders its pages with the report's macros and filters."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ASSETS)),
+        loader=jinja2.FileSystemLoader([str(d) for d in search] + [str(ASSETS)]),
         autoescape=True,  # every template renders HTML: escape all data
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -591,6 +602,7 @@ def _env() -> jinja2.Environment:
     env.filters.update(
         abbrev=abbrev, time=fmt_time, duration=fmt_duration, pct=fmt_pct, num=fmt_num
     )
+    env.globals["csp"] = Markup(CSP)  # a constant of ours: its quotes stay quotes
     env.globals["css"] = Markup((ASSETS / "report.css").read_text(encoding="utf-8"))
     return env
 
@@ -617,6 +629,49 @@ def page_names(session_ids: Sequence[str]) -> dict[str, str]:
     return names
 
 
+@dataclass
+class RunTables:
+    """A run folder's tables as rows; ``*_rows`` is None when that optional table does not exist."""
+
+    sessions: list[dict[str, Any]]
+    utterances: dict[str, list[dict[str, Any]]]  # by session, without word timings
+    interventions_rows: list[dict[str, Any]] | None
+    judgements_rows: list[dict[str, Any]] | None
+
+    @cached_property
+    def interventions(self) -> dict[str, list[dict[str, Any]]]:
+        return _by_session(self.interventions_rows)
+
+    @cached_property
+    def judgements(self) -> dict[str, list[dict[str, Any]]]:
+        return _by_session(self.judgements_rows)
+
+    def session_page(self, session: dict[str, Any]) -> dict[str, Any]:
+        """:func:`session_context` of one of this run's sessions."""
+        sid = session.get("session_id")
+        return session_context(
+            session,
+            self.utterances.get(sid, []),
+            self.interventions.get(sid, []) if self.interventions_rows is not None else None,
+            self.judgements.get(sid, []) if self.judgements_rows is not None else None,
+        )
+
+
+def read_run(run_dir: Path) -> RunTables:
+    """The tables the report and the review studio show; :class:`ReportError` without sessions.parquet."""
+    sessions = _read(run_dir / "sessions.parquet")
+    if sessions is None:
+        raise ReportError(
+            f"{run_dir} has no sessions.parquet: not an emoguide run folder (or the run has not finished)"
+        )
+    return RunTables(
+        sessions,
+        _by_session(_read(run_dir / "utterances.parquet", exclude=("words",))),
+        _read(run_dir / "interventions.parquet"),
+        _read(run_dir / "judgements.parquet"),
+    )
+
+
 def build_report(
     run_dir: Path, session_id: str | None = None, out: Path | None = None
 ) -> list[Path]:
@@ -627,16 +682,10 @@ def build_report(
     ``sessions.parquet`` or ``session_id`` is not in it.
     """
     run_dir = Path(run_dir)
-    sessions = _read(run_dir / "sessions.parquet")
-    if sessions is None:
-        raise ReportError(
-            f"{run_dir} has no sessions.parquet: not an emoguide run folder (or the run has not finished)"
-        )
-    utterances = _by_session(_read(run_dir / "utterances.parquet", exclude=("words",)))
-    interventions_rows = _read(run_dir / "interventions.parquet")
-    judgements_rows = _read(run_dir / "judgements.parquet")
-    interventions = _by_session(interventions_rows)
-    judgements = _by_session(judgements_rows)
+    run = read_run(run_dir)
+    sessions = run.sessions
+    interventions_rows, judgements_rows = run.interventions_rows, run.judgements_rows
+    interventions, judgements = run.interventions, run.judgements
 
     ids = [s.get("session_id") for s in sessions]
     if session_id is not None and session_id not in ids:
@@ -647,19 +696,14 @@ def build_report(
     out = Path(out) if out is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     names = page_names(ids)
-    env = _env()
+    env = template_env()
 
     written = []
     for s in sessions:
         sid = s.get("session_id")
         if session_id is not None and sid != session_id:
             continue
-        ctx = session_context(
-            s,
-            utterances.get(sid, []),
-            interventions.get(sid, []) if interventions_rows is not None else None,
-            judgements.get(sid, []) if judgements_rows is not None else None,
-        )
+        ctx = run.session_page(s)
         html = env.get_template("session.html.j2").render(
             **ctx, index_href="index.html"
         )

@@ -33,6 +33,24 @@ def grid_dir() -> Path:
     return data_path("grid")
 
 
+DIALOGUE = REPO / "examples" / "dialogue.mp4"
+
+
+@pytest.fixture(scope="session")
+def dialogue_run(tmp_path_factory) -> tuple[Path, Path, object]:
+    """(run folder, config, finished process): the bundled two-speaker dialogue through the whole job once
+    per test session (real models, real Ray, SmolLM2 interventions), shared by every test that needs a run
+    folder with interventions. A test that changes a run folder must work on a copy."""
+    from test_run_e2e import _emoguide
+
+    out = tmp_path_factory.mktemp("gen") / "out"
+    cfg = tmp_path_factory.mktemp("cfg") / "run.yaml"
+    cfg.write_text("speakers: {therapist_speaker: S1}\ngeneration: {max_new_tokens: 24}\n")
+    proc = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, cfg, proc
+
+
 def kill_ray_processes(ray_tmp: str) -> None:
     """Kill the Ray processes started with RAY_TMPDIR=ray_tmp (and only those: other tests keep theirs)."""
     import signal
@@ -46,3 +64,43 @@ def kill_ray_processes(ray_tmp: str) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue
+
+
+# ----------------------------------------------------------------------------------------------------
+# headless Chromium (Debian's chromium package, driven by Playwright)
+
+CHROMIUM = Path(os.environ.get("EMOGUIDE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # root in a container
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (the report's and the studio's browser tests), or skip."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip(
+            "Playwright for Python is not installed: `pip install playwright==1.65.2` "
+            "(never `playwright install`: the test uses Debian's chromium)"
+        )
+    with sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001 -- a broken browser install is an environment problem, not a report bug
+            pytest.skip(
+                f"Chromium at {CHROMIUM} does not start headless ({exc}); reinstall `chromium`"
+            )
+        yield b
+        b.close()

@@ -4,27 +4,21 @@ the generation pass, and the vLLM (ray.data.llm) processor config built without 
 from __future__ import annotations
 
 import json
+import shutil
 from itertools import groupby
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs.config import load_config, preset_overrides
 from ray_jobs.generate import sampling_params, vllm_processor_config
+from conftest import DIALOGUE
 from test_run_e2e import _emoguide
-
-DIALOGUE = Path(__file__).resolve().parents[1] / "examples" / "dialogue.mp4"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gen") / "out"
-    cfg = tmp_path_factory.mktemp("cfg") / "run.yaml"
-    cfg.write_text("speakers: {therapist_speaker: S1}\ngeneration: {max_new_tokens: 24}\n")
-    proc = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, cfg, proc
+def run(dialogue_run):
+    return dialogue_run  # shared with the studio tests (conftest.py)
 
 
 @pytest.mark.slow
@@ -57,7 +51,9 @@ def test_one_row_per_client_turn_and_condition(run):
 
 @pytest.mark.slow
 def test_generation_resumes_and_follows_its_own_settings(run, tmp_path):
-    out, cfg, _ = run
+    shared, cfg, _ = run
+    out = tmp_path / "out"  # a copy: the shared run folder stays as the other tests expect it
+    shutil.copytree(shared, out)
     before = pq.read_table(out / "interventions.parquet").to_pylist()
     again = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
     assert again.returncode == 0 and "1 already complete" in again.stdout

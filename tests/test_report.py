@@ -26,16 +26,6 @@ from ray_jobs.tables import SESSIONS, UTTERANCES, to_table, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"
-CHROMIUM = Path(os.environ.get("EMOGUIDE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",  # root in a container
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
 CRITERIA = ("empathy", "comprehensiveness", "applicability")
 
@@ -526,30 +516,6 @@ def test_real_run(real_run):
 
 # ----------------------------------------------------------------------------------------------------
 # headless Chromium (Debian's chromium package, driven by Playwright)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip(
-            "Playwright for Python is not installed: `pip install playwright==1.65.2` "
-            "(never `playwright install`: the test uses Debian's chromium)"
-        )
-    with sync_playwright() as pw:
-        try:
-            b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except Exception as exc:  # noqa: BLE001 -- a broken browser install is an environment problem, not a report bug
-            pytest.skip(
-                f"Chromium at {CHROMIUM} does not start headless ({exc}); reinstall `chromium`"
-            )
-        yield b
-        b.close()
 
 
 def _open(browser, path: Path):
