@@ -11,7 +11,7 @@ from models.asr import HOP_S, Transcriber, trim_to_voice, voiced_frames, whisper
 from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
 from ray_jobs.media import load_audio
-from textnorm import grid_sentence, normalise, wer
+from ray_jobs.textnorm import grid_sentence, normalise, wer
 
 
 @pytest.fixture(scope="module")
