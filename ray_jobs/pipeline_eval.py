@@ -196,7 +196,18 @@ def score_session(session: Mapping[str, Any], utterances: Sequence[Mapping[str, 
         if "words" in clip:
             record["word_time_error"] = word_time_error(clip["words"], words, offset_s=clip["start_s"])
         records.append(record)
-    return {"records": records, "boundaries": (sum(m is not None for m in matched), len(clips), len(utterances))}
+    return {"records": records, "boundaries": (sum(m is not None for m in matched), len(clips), len(utterances)),
+            "asr_flags": asr_flags(utterances)}
+
+
+def asr_flags(utterances: Sequence[Mapping[str, Any]]) -> Counter:
+    """How often each ASR flag was raised (an ``asr_flags`` column of flag names, or one name per row);
+    empty where the table has no such column."""
+    counts: Counter = Counter()
+    for utt in utterances:
+        flags = utt.get("asr_flags")
+        counts.update([flags] if isinstance(flags, str) else (flags or []))
+    return counts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,7 +284,8 @@ def score_run(manifest: Mapping[str, Any], sessions: Sequence[Mapping[str, Any]]
 
     def group(keep) -> dict[str, Any]:
         chosen = [r for s, r in scored if keep(s)]
-        return summarise([x for r in chosen for x in r["records"]], [r["boundaries"] for r in chosen])
+        summary = summarise([x for r in chosen for x in r["records"]], [r["boundaries"] for r in chosen])
+        return summary | {"asr_flags": dict(sum((r["asr_flags"] for r in chosen), Counter()))}
 
     totals = {kind: group(lambda s, k=kind: s["kind"] == k) for kind in KINDS
               if any(s["kind"] == kind for s in manifest["sessions"])}
@@ -315,6 +327,8 @@ def _rows(s: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         reasons = ", ".join(f"{k}: {n}" for k, n in sorted(d["null_reasons"].items()))
         rows += [("dissonance_null_share", "clips without a dissonance value",
                   f"{_fmt(d['null_share'])} ({d['n_null']} of {s['clips']}{'; ' + reasons if reasons else ''})")]
+    if s.get("asr_flags"):
+        rows += [("", "ASR flags raised (utterances)", ", ".join(f"{k}: {n}" for k, n in sorted(s["asr_flags"].items())))]
     if isinstance(s.get("word_time_error"), dict):
         w = s["word_time_error"]
         rows += [("", "word-time error, aligned clip (start / end, s)",
@@ -356,8 +370,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 def write_report(report: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
     """``pipeline.json`` and ``pipeline.md`` under ``out``, each written atomically."""
     paths = out / "pipeline.json", out / "pipeline.md"
-    with open_atomic(paths[0], "w") as fh:
-        json.dump(report, fh, indent=1, default=float)
+    summary = json.dumps({k: v for k, v in report.items() if k != "clips"}, indent=1, default=float)
+    clips = ",\n".join("  " + json.dumps(clip, default=float) for clip in report.get("clips", []))
+    with open_atomic(paths[0], "w") as fh:  # one line per clip: a third of the size, and diffs clip by clip
+        fh.write(f'{summary[:-2]},\n "clips": [\n{clips}\n ]\n}}\n')
     with open_atomic(paths[1], "w") as fh:
         fh.write(to_markdown(report))
     return paths

@@ -167,6 +167,7 @@ def test_score_run_on_hand_made_tables() -> None:
              dissonance=False),
         _utt(1.0, 2.2, "kids", session_id="audio_13", voice_probs=_probs("anger")),  # of a failed session
     ]
+    utterances[1]["asr_flags"] = ["repetition", "dropped"]
     report = pe.score_run(manifest, sessions, utterances)
     dubbed, audio = report["totals"]["dubbed"], report["totals"]["audio"]
     assert dubbed["boundary"]["f1"] == 1.0 and dubbed["wer"] == 0.0
@@ -181,6 +182,9 @@ def test_score_run_on_hand_made_tables() -> None:
                          "pipeline_wall_s": 1.0, "media_s": 2.0, "boundary_tolerance_s": 0.5, **report})
     assert "| dissonance hits (incongruent) | 1.00 (1 of 1) |" in md and "report split" in md
     assert "Sessions not ok" in md and "audio_13" in md
+    assert dubbed["asr_flags"] == {"repetition": 1, "dropped": 1} and audio["asr_flags"] == {}
+    assert "| ASR flags raised (utterances) | dropped: 1, repetition: 1 |" in md
+    assert pe.asr_flags([{"asr_flags": "loop"}, {"asr_flags": None}, {}]) == {"loop": 1}
 
 
 def test_split_names() -> None:
