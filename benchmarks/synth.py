@@ -3,6 +3,7 @@
 The shared data has 3-second clips; benchmarks need minutes of media and the speaker tests need
 conversations with known turns. A session is the clips played one after another with short gaps
 (silence and the last frame held), written as MPEG-4 video with AAC audio, or as FLAC for audio only.
+``build_dubbed_session`` lip-syncs one GRID face to other voices (a face and a voice that disagree).
 The returned turns are the ground truth for diarization error rate. Encoding is streamed clip by clip.
 """
 
@@ -80,6 +81,36 @@ def _clip(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return frames, audio
 
 
+def _encode_audio(container: av.container.OutputContainer, stream: av.stream.Stream, samples: np.ndarray,
+                  pts: int) -> int:
+    """Encode and mux 16 kHz mono samples starting at sample ``pts``; return the next pts."""
+    for i in range(0, len(samples), 4096):
+        frame = av.AudioFrame.from_ndarray(samples[None, i: i + 4096].astype(np.float32), format="flt",
+                                           layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, pts, Fraction(1, SAMPLE_RATE)
+        pts += frame.samples
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    return pts
+
+
+def _encode_frame(container: av.container.OutputContainer, stream: av.stream.Stream, image: np.ndarray,
+                  pts: int) -> None:
+    """Encode and mux one RGB frame as frame number ``pts``."""
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+    frame.pts = pts
+    for packet in stream.encode(frame):
+        container.mux(packet)
+
+
+def _flush(container: av.container.OutputContainer, *streams: av.stream.Stream | None) -> None:
+    """Drain the encoders of ``streams`` (None: a stream never added) into the container."""
+    for stream in streams:
+        if stream is not None:
+            for packet in stream.encode(None):
+                container.mux(packet)
+
+
 def build_session(
     clips: Sequence[tuple[str, str | os.PathLike[str]]],
     out: str | os.PathLike[str],
@@ -106,15 +137,7 @@ def build_session(
 
     def write_audio(samples: np.ndarray) -> None:
         nonlocal n_samples
-        for i in range(0, len(samples), 4096):
-            piece = samples[i : i + 4096]
-            frame = av.AudioFrame.from_ndarray(piece[None, :].astype(np.float32), format="flt", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            frame.pts = n_samples
-            frame.time_base = Fraction(1, SAMPLE_RATE)
-            n_samples += len(piece)
-            for packet in a_stream.encode(frame):
-                container.mux(packet)
+        n_samples = _encode_audio(container, a_stream, samples, n_samples)
 
     def write_frames(frames: np.ndarray, count: int | None = None) -> None:
         nonlocal n_frames, last_frame
@@ -145,10 +168,7 @@ def build_session(
                 if target > n_frames and last_frame is not None:
                     write_frames(frames, count=target - n_frames)
             t = n_samples / SAMPLE_RATE
-        for stream in (a_stream, v_stream):
-            if stream is not None:
-                for packet in stream.encode(None):
-                    container.mux(packet)
+        _flush(container, a_stream, v_stream)
     finally:
         container.close()
     return turns
@@ -199,21 +219,12 @@ def build_two_person_session(
 
     def write(audio: np.ndarray, speaking: str | None) -> None:
         nonlocal n_samples, n_frames
-        for i in range(0, len(audio), 4096):
-            frame = av.AudioFrame.from_ndarray(audio[None, i: i + 4096].astype(np.float32), format="flt",
-                                               layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, n_samples, Fraction(1, SAMPLE_RATE)
-            n_samples += frame.samples
-            for packet in a_stream.encode(frame):
-                container.mux(packet)
+        n_samples = _encode_audio(container, a_stream, audio, n_samples)
         first = n_frames
         while n_frames < round(n_samples / SAMPLE_RATE * FPS):
             image = np.concatenate([panel(name, speaking, n_frames - first) for name in names], axis=1)
-            vf = av.VideoFrame.from_ndarray(image, format="rgb24")
-            vf.pts = n_frames
+            _encode_frame(container, v_stream, image, n_frames)
             n_frames += 1
-            for packet in v_stream.encode(vf):
-                container.mux(packet)
 
     try:
         for speaker in order:
@@ -222,9 +233,58 @@ def build_two_person_session(
             turns.append(_turn(speaker, start, audio, Path(people[speaker]).name))
             write(audio, speaker)
             write(np.zeros(int(gap_s * SAMPLE_RATE), np.float32), None)
-        for stream in (a_stream, v_stream):
-            for packet in stream.encode(None):
-                container.mux(packet)
+        _flush(container, a_stream, v_stream)
+    finally:
+        container.close()
+    return turns
+
+
+def _lip_sync_index(t: float, turns: Sequence[Turn], face_speech: tuple[float, float]) -> int | None:
+    """The face clip's frame to show at session time ``t``: inside a voice clip's speech span, the face
+    clip's own speech stretched onto that span (mouth moves with the voice); elsewhere None (rest)."""
+    for turn in turns:
+        if turn.speech_start_s <= t < turn.speech_end_s:
+            share = (t - turn.speech_start_s) / (turn.speech_end_s - turn.speech_start_s)
+            return round((face_speech[0] + share * (face_speech[1] - face_speech[0])) * FPS)
+    return None
+
+
+def build_dubbed_session(
+    voices: Sequence[str | os.PathLike[str]],
+    face: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    gap_s: float = 1.5,
+    bit_rate: int = 800_000,
+) -> list[Turn]:
+    """A face clip dubbed with other voices, lip-synced: one person's face, another's speech.
+
+    The voice clips (audio) play one after another, each followed by ``gap_s`` of silence. While a voice
+    clip's speech (``speech_span``) plays, the face clip (a GRID video) replays its own spoken part
+    stretched to the same duration, so the lips move exactly while the voice speaks; before, between and
+    after, the face holds the clip's last frame (mouth at rest after the sentence; several GRID speakers
+    part their lips before they start, so the first frame would show an open mouth in silence). This puts
+    a face with one emotion and a voice with another in one video with the timing of real speech.
+    Returns the voice clips' turns (speaker "voice"), the ground truth of where speech is.
+    """
+    frames, _ = _clip(Path(face))
+    face_speech = GRID_SPEECH_S[Path(face).name]
+    container = av.open(str(out), mode="w")
+    a_stream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+    v_stream = container.add_stream("mpeg4", rate=FPS)
+    v_stream.height, v_stream.width = frames.shape[1:3]
+    v_stream.pix_fmt, v_stream.bit_rate = "yuv420p", bit_rate
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    turns: list[Turn] = []
+    n_samples = 0
+    try:
+        for path in voices:
+            audio = _clip(Path(path))[1]
+            turns.append(_turn("voice", n_samples / SAMPLE_RATE, audio, Path(path).name))
+            n_samples = _encode_audio(container, a_stream, np.concatenate([audio, gap]), n_samples)
+        for n in range(round(n_samples / SAMPLE_RATE * FPS)):
+            index = _lip_sync_index(n / FPS, turns, face_speech)
+            _encode_frame(container, v_stream, frames[-1 if index is None else min(index, len(frames) - 1)], n)
+        _flush(container, a_stream, v_stream)
     finally:
         container.close()
     return turns

@@ -69,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     perception.add_argument("--videos", type=Path, nargs="*", default=[], help="videos or folders for the face check")
     perception.add_argument("--fps", type=float, default=2.0)
     perception.add_argument("--json", type=Path, help="also write the full report here")
+    pipe = ev_sub.add_parser(
+        "pipeline", help="end-to-end accuracy of `emoguide run` on sessions built from RAVDESS and GRID",
+        description="Builds multi-clip RAVDESS sessions, GRID faces lip-synced to RAVDESS voices and GRID clips, "
+                    "runs `emoguide run --no-generate` on them and scores utterance boundaries, WER, word times, "
+                    "voice accuracy and dissonance. RAVDESS actors 1-12 are the train/tune split, 13-18 the "
+                    "report split: tune on 1-12, report 13-18.")
+    pipe.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with ravdess/ and grid/")
+    pipe.add_argument("--actors", default="13-18",
+                      help="RAVDESS actors (default: the report split 13-18; 1-12 is the train/tune split)")
+    pipe.add_argument("--out", type=Path, default=Path("benchmarks/results/pipeline"),
+                      help="folder for pipeline.json and pipeline.md")
+    pipe.add_argument("--config", type=Path, help="YAML run config for the pipeline run")
+    pipe.add_argument("--work", type=Path, default=Path("out/eval_pipeline"),
+                      help="cache of built sessions and the run folder (default: out/eval_pipeline)")
+    pipe.add_argument("--max-clips", type=int, help="clips per RAVDESS session (default: all; fewer for a quick check)")
     roles = ev_sub.add_parser("roles", help="therapist/client assignment on AnnoMI-format transcripts")
     roles.add_argument("--annomi", type=Path, required=True, help="AnnoMI CSV (roles are hidden from the model)")
     roles.add_argument("--json", type=Path, help="also write the full report here")
@@ -346,6 +361,21 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_pipeline(args: argparse.Namespace) -> int:
+    """``emoguide eval pipeline``: build the sessions, run the pipeline, write the report."""
+    from ray_jobs import pipeline_eval
+    from ray_jobs.evaluation import parse_actors
+
+    actors = sorted(parse_actors(args.actors))
+    if not (args.data / "ravdess").is_dir() or not (args.data / "grid").is_dir():
+        raise InputError(f"{args.data}: needs ravdess/ and grid/ (see ../shared/data/README.md)")
+    report = pipeline_eval.evaluate_pipeline(args.data, actors, args.actors, args.work, args.config, args.max_clips)
+    json_path, md_path = pipeline_eval.write_report(report, args.out)
+    print(pipeline_eval.to_markdown(report))
+    print(f"report: {json_path}, {md_path}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -358,6 +388,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
         _print_json(report, args.out / "annomi_judge.json" if args.out else None)
         return 0
+    if args.eval_command == "pipeline":
+        return cmd_eval_pipeline(args)
     if args.eval_command == "perception":
         from ray_jobs import evaluation
         from ray_jobs.inputs import collect_sessions

@@ -12,7 +12,7 @@ from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
 from ray_jobs.config import UtterancesConfig
 from ray_jobs.media import load_audio
-from textnorm import grid_sentence, normalise, wer
+from ray_jobs.textnorm import grid_sentence, normalise, wer
 
 
 PAUSE_S = UtterancesConfig().max_pause_s

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs.tables import SESSIONS, UTTERANCES
-from textnorm import grid_sentence, normalise, wer
+from ray_jobs.textnorm import grid_sentence, normalise, wer
 
 pytestmark = pytest.mark.slow
 
