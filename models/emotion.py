@@ -11,8 +11,9 @@ down (a neutral GRID face, top class neutral at 0.41, came out at valence -0.34)
 emotion is diluted by its runners-up until it no longer differs from neutral by the paper's 0.5. The
 mapping therefore sharpens the distribution first (``p ** (1 / VA_TEMPERATURE)``, renormalised): the
 top class dominates, so a face that is mostly neutral lands near (0, 0) and a clearly angry voice near
-anger's coordinates. ``VA_TEMPERATURE`` was chosen on the training actors' sessions (README,
-*Pipeline accuracy*). How sure a channel is travels separately (:func:`confidence`), so that
+anger's coordinates. ``VA_TEMPERATURE`` was chosen on the training actors' (1-12) dubbed videos
+through the whole pipeline: 0.4 gave the most hits (81%) with no false alarm; 1.0 (the plain
+expectation) found 34%, 0.33 started to raise false alarms. How sure a channel is travels separately (:func:`confidence`), so that
 dissonance can leave out channels that are not sure enough.
 """
 
@@ -36,7 +37,7 @@ CIRCUMPLEX: dict[str, tuple[float, float]] = {
     "surprise": (0.40, 0.67),
     "contempt": (-0.55, 0.10),
 }
-VA_TEMPERATURE = 0.5
+VA_TEMPERATURE = 0.4
 _VA = np.array([CIRCUMPLEX[name] for name in LABELS], dtype=np.float32)
 
 
