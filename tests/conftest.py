@@ -51,6 +51,26 @@ def dialogue_run(tmp_path_factory) -> tuple[Path, Path, object]:
     return out, cfg, proc
 
 
+@pytest.fixture(scope="session")
+def dubbed_run(tmp_path_factory) -> tuple[Path, dict]:
+    """(run folder, session manifest): a neutral GRID face lip-synced to seven RAVDESS clips of actor 14
+    (neutral and calm, then strong happy, sad, angry and fearful: ``benchmarks/pipeline_material.py``),
+    through the pipeline without generation: real dissonance between a calm face and an emotional voice.
+    The bundled example has none (its GRID voices are out of the voice model's domain)."""
+    from pipeline_material import build_material
+    from test_run_e2e import _emoguide
+
+    data_path("ravdess", "Actor_14")
+    manifest = build_material(DATA, [14], tmp_path_factory.mktemp("material"), max_clips=7)
+    session = next(s for s in manifest["sessions"] if s["kind"] == "dubbed")
+    out = tmp_path_factory.mktemp("dubbed") / "out"
+    # one voice throughout: said, as a user would, so that the clustering does not take the strong
+    # emotions for a second voice (whose speech the one face's mouth would then move with too)
+    proc = _emoguide("run", session["path"], "--out", str(out), "--no-generate", "--num-speakers", "1", "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, session
+
+
 def kill_ray_processes(ray_tmp: str) -> None:
     """Kill the Ray processes started with RAY_TMPDIR=ray_tmp (and only those: other tests keep theirs)."""
     import signal

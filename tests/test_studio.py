@@ -328,29 +328,60 @@ def _watch(page, base: str) -> dict[str, list[str]]:
     return events
 
 
+def _seek_check(page, utts: dict, locator, attribute: str, position: dict | None = None) -> None:
+    """Click ``locator`` (a link to an utterance): the media jumps to that utterance's start and it lights up.
+    ``position``: where in the element (a span's edge: the utterance's own point sits over its middle)."""
+    utt_id = locator.get_attribute(attribute).removeprefix("#utt-")
+    locator.click(position=position)
+    start = utts[utt_id]["start_s"]
+    page.wait_for_function(f"Math.abs(document.getElementById('media').currentTime - {start}) < 0.3")
+    assert page.evaluate(f"document.getElementById('utt-{utt_id}').classList.contains('playing')")
+
+
+def _open_session(browser, server, session_id: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    events = _watch(page, server.base)
+    page.goto(f"{server.base}/session/{session_id}")
+    page.wait_for_function("document.getElementById('media').readyState >= 1")
+    return page, events
+
+
+@pytest.fixture(scope="module")
+def dubbed_studio(dubbed_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("studio-dubbed") / "run"
+    shutil.copytree(dubbed_run[0], run)
+    return run, dubbed_run[1]["session_id"]
+
+
 @pytest.mark.slow
-def test_browser_seeks_to_dissonant_spans_moments_and_utterances(browser, real_studio, tmp_path):
+def test_browser_seeks_to_dissonant_spans_and_top_moments(browser, dubbed_studio, tmp_path):
+    run, session_id = dubbed_studio
+    utts = {u["utt_id"]: u for u in pq.read_table(run / "utterances.parquet").to_pylist()}
+    assert sum(bool(u["dissonance"]) for u in utts.values()) >= 1, "no dissonance found in the dubbed session"
+    server = Server(run, tmp_path / "server.log").start()
+    try:
+        page, events = _open_session(browser, server, session_id)
+        spans = page.locator('#timeline g[id^="dissonant-"][id$="-arousal"] a')
+        assert spans.count() == sum(1 for u in utts.values() if u["dissonance"])
+        _seek_check(page, utts, spans.last, "xlink:href", position={"x": 2, "y": 4})
+        _seek_check(page, utts, spans.first, "xlink:href", position={"x": 2, "y": 4})
+        _seek_check(page, utts, page.locator("#top-moments a.moment").first, "href")
+        assert events == {"outside": [], "console": []}
+        page.close()
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+def test_browser_seeks_to_utterances_and_shows_interventions(browser, real_studio, tmp_path):
     utts = {u["utt_id"]: u for u in pq.read_table(real_studio / "utterances.parquet").to_pylist()}
-    assert any(u["dissonance"] for u in utts.values()), "the bundled dialogue has no dissonant utterance"
     server = Server(real_studio, tmp_path / "server.log").start()
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        events = _watch(page, server.base)
-        page.goto(server.base + "/session/dialogue")
-        page.wait_for_function("document.getElementById('media').readyState >= 1")
-
-        def seek_check(locator, attribute: str) -> None:
-            utt_id = locator.get_attribute(attribute).removeprefix("#utt-")
-            locator.click()
-            start = utts[utt_id]["start_s"]
-            page.wait_for_function(f"Math.abs(document.getElementById('media').currentTime - {start}) < 0.3")
-            assert page.evaluate(f"document.getElementById('utt-{utt_id}').classList.contains('playing')")
-
+        page, events = _open_session(browser, server, "dialogue")
         spans = page.locator('#timeline g[id^="dissonant-"][id$="-arousal"] a')
         assert spans.count() == sum(1 for u in utts.values() if u["dissonance"] and u["role"] == "client")
-        seek_check(spans.last, "xlink:href")
-        seek_check(page.locator("#top-moments a.moment").first, "href")
-        seek_check(page.locator("#transcript a.time").first, "href")
+        _seek_check(page, utts, page.locator("#transcript a.time").first, "href")
+        _seek_check(page, utts, page.locator("#transcript a.time").last, "href")
         # playing moves the highlight and the playhead
         page.evaluate("const m = document.getElementById('media'); m.muted = true; m.currentTime = 4.6; m.play()")
         therapist = next(u for u in utts.values() if u["start_s"] <= 4.6 < u["end_s"])
