@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -66,6 +67,7 @@ _UNAVAILABLE = {
     "face": "unavailable (the client's face was not visible during this turn)",
     "voice": "unavailable (no usable voice signal for this turn)",
 }
+_OUT_OF_DOMAIN = "unreliable (the speech is unlike the voice model's training recordings)"
 _MIN_SHOWN = 0.10  # labels below this probability are left out of the cue
 _MAX_SHOWN = 3
 
@@ -213,9 +215,12 @@ def describe_arousal(a: float) -> str:
 
 
 def describe_channel(
-    channel: str, probs: Any, valence: Any, arousal: Any
+    channel: str, probs: Any, valence: Any, arousal: Any, out_of_domain: bool = False
 ) -> tuple[str, bool]:
-    """(cue line, available) for one channel of one turn."""
+    """(cue line, available) for one channel of one turn; speech out of the voice model's domain is
+    said to be unreliable rather than described."""
+    if out_of_domain:
+        return f"{channel}: {_OUT_OF_DOMAIN}", False
     p, v, a = _probs(probs), _num(valence), _num(arousal)
     parts = []
     if p is not None:
@@ -232,11 +237,12 @@ def describe_channel(
     return f"{channel}: {body}", True
 
 
-def describe_dissonance(flag: Any, score: Any, label: Any) -> str:
+def describe_dissonance(flag: Any, score: Any, label: Any, reason: Any = None) -> str:
     s = _num(score)
     score_txt = f"; mismatch score {s:.2f} of 1" if s is not None else ""
     if flag is None or (isinstance(flag, float) and math.isnan(flag)):
-        return "dissonance: unknown (face and voice could not both be measured)"
+        why = neutralise(str(reason)) if reason else "face and voice could not both be measured"
+        return f"dissonance: unknown ({why})"
     if bool(flag):
         what = f" ({neutralise(label)})" if label else ""
         return f"dissonance: yes, the face and the voice disagree{what}{score_txt}"
@@ -257,6 +263,7 @@ def render_cues(turn: Mapping[str, Any], condition: str) -> tuple[str, dict[str,
             turn.get(f"{ch}_probs"),
             turn.get(f"{ch}_valence"),
             turn.get(f"{ch}_arousal"),
+            bool(turn.get(f"{ch}_out_of_domain")),
         )
         avail[ch] = ok
         if ch in _CHANNELS.get(condition, ()):
@@ -267,6 +274,7 @@ def render_cues(turn: Mapping[str, Any], condition: str) -> tuple[str, dict[str,
                 turn.get("dissonance"),
                 turn.get("dissonance_score"),
                 turn.get("dissonance_label"),
+                turn.get("dissonance_reason"),
             )
         )
     return "\n".join(lines), avail
@@ -322,21 +330,16 @@ def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             "utt_ids": [u.get("utt_id") for u in g],
         }
         for ch in ("face", "voice"):
+            # confidence 0 is the voice model's word for speech unlike its training data: not a reading
+            usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != 0.0]
+            turn[f"{ch}_out_of_domain"] = not usable and any(_probs(u.get(f"{ch}_probs")) for u in g)
             turn[f"{ch}_probs"] = _weighted_mean(
-                [
-                    (p, w)
-                    for u, w in zip(g, weights)
-                    if (p := _probs(u.get(f"{ch}_probs")))
-                ]
+                [(p, w) for u, w in usable if (p := _probs(u.get(f"{ch}_probs")))]
             )
             for dim in ("valence", "arousal"):
                 key = f"{ch}_{dim}"
                 turn[key] = _weighted_mean(
-                    [
-                        (x, w)
-                        for u, w in zip(g, weights)
-                        if (x := _num(u.get(key))) is not None
-                    ]
+                    [(x, w) for u, w in usable if (x := _num(u.get(key))) is not None]
                 )
         measured = [
             u
@@ -366,7 +369,9 @@ def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                 dissonance_label=None,
             )
         else:
-            turn.update(dissonance=None, dissonance_score=None, dissonance_label=None)
+            reasons = Counter(u.get("dissonance_reason") for u in g if u.get("dissonance_reason"))
+            turn.update(dissonance=None, dissonance_score=None, dissonance_label=None,
+                        dissonance_reason=reasons.most_common(1)[0][0] if reasons else None)
         turns.append(turn)
     return turns
 

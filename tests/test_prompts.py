@@ -207,3 +207,16 @@ def test_bad_arguments():
         build_prompts(dialogue(1), context_turns=0)
     with pytest.raises(FileNotFoundError):
         build_prompts(dialogue(1), template="nope_v9")
+
+
+def test_out_of_domain_voice_is_called_unreliable_and_the_dissonance_reason_is_given():
+    from ray_jobs.prompts import merge_turns, render_cues
+
+    utts = [{"utt_id": "u0", "role": "client", "text": "fine", "start_s": 0.0, "end_s": 2.0,
+             "voice_probs": [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], "voice_valence": -0.5, "voice_arousal": 0.6,
+             "voice_confidence": 0.0, "face_probs": None, "face_valence": None, "face_arousal": None,
+             "dissonance": None, "dissonance_reason": "voice out of domain"}]
+    turn = merge_turns(utts)[0]
+    cues, avail = render_cues(turn, "dissonance")
+    assert "voice: unreliable" in cues and "anger" not in cues and avail["voice"] is False
+    assert "dissonance: unknown (voice out of domain)" in cues
