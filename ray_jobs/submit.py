@@ -70,7 +70,7 @@ class JobOutcome:
     log_tail: str = ""
 
     def hint(self) -> str:
-        """What to do about a failed job, from what its log says ("" when the log says it already)."""
+        """What to do about a failed job, from what its log says ("" when its log is the only clue)."""
         return _ENV_HINT if any(m in self.log_tail for m in _MISSING_ENV_MARKERS) else ""
 
 

@@ -145,6 +145,14 @@ def test_failed_job_ends_with_its_log_and_token_file_is_used(cluster, tmp_path):
     assert f"no such file or folder: {missing}" in tail and "ray job logs" in tail
 
 
+def test_no_dashboard_at_the_address_is_one_line(tmp_path):
+    proc = subprocess.run([BIN / "emoguide", "submit", str(REPO / "examples" / "grid" / "bbaf2n.mpg"), "--out",
+                           str(tmp_path / "out"), "--address", f"http://127.0.0.1:{_free_port()}"],
+                          env={**os.environ, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("emoguide: error: no Ray dashboard answers at http://127.0.0.1:")
+
+
 def test_token_lookup_follows_rays_own_order(tmp_path, monkeypatch):
     from ray._raylet import AuthenticationTokenLoader  # Ray's loader (C++), the reference
 
