@@ -13,13 +13,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ray_jobs.config import PRESET_NAMES, ConfigError, choose_preset, load_config, preset_overrides
-from ray_jobs.inputs import InputError, collect_sessions
+from ray_jobs.config import PRESET_NAMES, ConfigError, RunConfig, choose_preset, load_config, preset_overrides
+from ray_jobs.inputs import InputError, SessionInput, collect_sessions
 from models.registry import ModelNotFoundError
 from ray_jobs.ratings import RatingsError
 from ray_jobs.report import ReportError
+from ray_jobs.runlock import RunLockError, run_lock
 from ray_jobs.storage import StorageError, is_uri, staged_output
+
+if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
+    from ray_jobs.pipeline import RunSummary
 
 log = logging.getLogger("emoguide")
 
@@ -35,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML run config (see README: Configuration)")
     run.add_argument("--address", help="join a Ray cluster: 'auto' or 'ray://HOST:10001' (default: start Ray here)")
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
+    run.add_argument("--wait-lock", action="store_true",
+                     help="if another run is writing to --out, wait for it instead of refusing")
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("--object-store-mib", type=int, default=1024,
                      help="object store of the local Ray instance; it bounds the chunks in flight (default 1024)")
@@ -60,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--redact", action="store_true")
     submit.add_argument("--force", action="store_true")
     submit.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
+    submit.add_argument("--token-file", type=Path,
+                        help="file with the cluster's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+                             "~/.ray/auth_token, as Ray looks them up)")
 
     ev = sub.add_parser("eval", help="measure model accuracy on labelled data")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
@@ -216,45 +226,63 @@ def run_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ray_jobs.submit import submit
+    from ray_jobs.submit import SubmitError, submit
 
     if args.config is not None:
         load_config(args.config)  # a bad config fails here, not on the cluster
     extra = [flag for flag, on in (("--redact", args.redact), ("--force", args.force)) if on]
-    job_id, status = submit(args.address, args.inputs, args.out, args.preset, args.config, extra, args.wait)
-    print(f"submitted job {job_id} to {args.address}")
-    if status is None:
+    try:
+        job = submit(args.address, args.inputs, args.out, args.preset, args.config, extra, args.wait, args.token_file)
+    except SubmitError as exc:
+        print(f"emoguide: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"submitted job {job.job_id} to {args.address}")
+    if job.status is None:
         return 0
-    print(f"job {job_id}: {status}")
-    return 0 if status == "SUCCEEDED" else 1
+    print(f"job {job.job_id}: {job.status}")
+    if job.status == "SUCCEEDED":
+        return 0
+    print(f"{job.message}\nlast lines of the job's log:\n{job.log_tail}", file=sys.stderr)
+    if job.hint():
+        print(f"hint: {job.hint()}", file=sys.stderr)
+    print(f"whole log: ray job logs {job.job_id} --address {args.address}", file=sys.stderr)
+    return 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _process(args: argparse.Namespace, sessions: list[SessionInput], overrides: dict,
+             out_dir: Path) -> tuple[RunSummary, RunConfig]:
+    """Start (or join) Ray, choose the preset from its GPUs and run; Ray is shut down whatever happens."""
     from ray_jobs.pipeline import run_pipeline
 
-    overrides = run_overrides(args)
-    if args.config is not None:
-        args.config = args.config.resolve()  # joining a cluster may change the working directory
-    config = load_config(args.config, overrides)  # fail fast on a bad config, before Ray starts
-    sessions = collect_sessions(args.inputs)
-    if not config.allow_network:
-        guard_network()
-    started = time.monotonic()
     _start_ray(args.address, args.num_cpus, args.quiet, args.object_store_mib)
-    try:
-        import ray
+    import ray
 
+    try:
         num_gpus = ray.cluster_resources().get("GPU", 0.0)
         preset, reason = choose_preset(args.preset, num_gpus)
         print(reason, file=sys.stderr)
         config = load_config(args.config, overrides, preset=preset_overrides(preset, num_gpus))
-        with staged_output(args.out) as out_dir:  # a URI: local staging, synced to the bucket on exit
-            on_session = _print_session_with_content(out_dir) if args.log_content else _print_session
-            summary = run_pipeline(sessions, out_dir, config, force=args.force, on_session=on_session)
+        on_session = _print_session_with_content(out_dir) if args.log_content else _print_session
+        return run_pipeline(sessions, out_dir, config, force=args.force, on_session=on_session), config
     finally:
-        import ray
-
         ray.shutdown()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = run_overrides(args)
+    if args.config is not None:
+        args.config = args.config.resolve()  # joining a cluster may change the working directory
+    config = load_config(args.config, overrides)  # fail fast on a bad config, before Ray starts
+    sessions = collect_sessions(args.inputs)  # and on a path that does not exist
+    if not config.allow_network:
+        guard_network()
+    started = time.monotonic()
+    try:  # a URI: local staging, synced to the bucket on exit; the lock is taken before Ray starts
+        with staged_output(args.out) as out_dir, run_lock(out_dir, wait=args.wait_lock):
+            summary, config = _process(args, sessions, overrides, out_dir)
+    except RunLockError as exc:
+        print(f"emoguide: error: {exc}", file=sys.stderr)
+        return 2
     wall = time.monotonic() - started
     ok, failed, partial = summary.count("ok"), summary.count("failed"), summary.count("partial")
     media_h = summary.media_s / 3600

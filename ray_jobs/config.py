@@ -39,6 +39,9 @@ class DecodeConfig:
     fps: float = 2.0
     chunk_s: float = 30.0
     max_side: int = 640
+    # Sessions decoded at once (one decode task each): how many sessions' chunks are in the pipeline
+    # together. None: as many as Ray Data schedules. Like resources, it never changes results.
+    sessions_in_flight: int | None = None
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
 
 
@@ -220,9 +223,12 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_NOT_HASHED = frozenset({"resources", "sessions_in_flight"})  # how a run is scheduled, not what it computes
+
+
 def _strip_resources(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip_resources(v) for k, v in value.items() if k != "resources"}
+        return {k: _strip_resources(v) for k, v in value.items() if k not in _NOT_HASHED}
     return value
 
 
@@ -294,6 +300,8 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"decode.fps must be in (0, 60], got {config.decode.fps}")
     if config.decode.chunk_s < 5:
         raise ConfigError(f"decode.chunk_s must be at least 5 s, got {config.decode.chunk_s}")
+    if config.decode.sessions_in_flight is not None and config.decode.sessions_in_flight < 1:
+        raise ConfigError(f"decode.sessions_in_flight must be at least 1, got {config.decode.sessions_in_flight}")
     if config.decode.max_side < 64:
         raise ConfigError(f"decode.max_side must be at least 64 px, got {config.decode.max_side}")
     u = config.utterances

@@ -87,10 +87,13 @@ def read_manifest(path: Path | str) -> list[tuple[str | None, Path | str]]:
 def collect_sessions(inputs: list[str]) -> list[SessionInput]:
     """Expand inputs into unique sessions, in the order given.
 
-    Missing files are kept (they become failed sessions with a clear reason), so one typo in a
-    batch never stops the others.
+    A command-line path that does not exist is an ``InputError`` (a usage error, raised before Ray
+    starts: a typo must not cost a cluster start-up). A file listed in a manifest that is missing is
+    kept and becomes a failed session with its reason, so one bad row never stops a batch; so does
+    an existing file that cannot be decoded.
     """
     found: list[tuple[str | None, Path | str]] = []
+    missing: list[str] = []
     for raw in inputs:
         if is_uri(raw):  # object-store URIs stay URIs: workers read them from the store
             if PurePosixPath(object_name(raw)).suffix.lower() in MANIFEST_SUFFIXES:
@@ -106,8 +109,12 @@ def collect_sessions(inputs: list[str]) -> list[SessionInput]:
             found.extend((None, f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
         elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
             found.extend(read_manifest(p))
-        else:
+        elif os.path.lexists(p):
             found.append((None, p))
+        else:
+            missing.append(raw)
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(missing)}")
     if not found:
         raise InputError(f"no media files found in: {', '.join(inputs)}")
 

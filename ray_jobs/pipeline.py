@@ -139,7 +139,9 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.D
     ctx.target_max_block_size = _ONE_CHUNK_BLOCK_BYTES
     items = [{"session_id": s.session_id, "path": s.path} for s in sessions]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus)
+    in_flight = config.decode.sessions_in_flight
+    ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus,
+                     compute=ray.data.TaskPoolStrategy(size=in_flight) if in_flight else None)
     # Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
     ds = ds.map(FaceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.face.resources))
     ds = ds.map(SpeakerStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.speakers.resources))
