@@ -12,7 +12,8 @@ The runtime contract, which training follows exactly:
   (:func:`padded_input`);
 * faster-whisper's log-mel of that input, cut to its first 30 s window (3000 mel frames), goes through
   the encoder: ``[1500, d]`` frames, one per ``FRAME_S`` of the input (:func:`encoder_frames` does the
-  same outside the ASR pass, for training and evaluation);
+  same outside the ASR pass, for training and evaluation; inside it, the first ``WhisperModel.encode``
+  call of a ``transcribe`` with the language given returns exactly these frames, as a test checks);
 * an utterance's feature is the mean and standard deviation of the frames its span covers, seconds
   from the input's start (:func:`pool_encoder_frames`): ``2 d`` numbers.
 
@@ -83,10 +84,11 @@ def encoder_frames(model: WhisperModel, audio: np.ndarray) -> np.ndarray:
     """Encoder output ``[1500, d]`` of the first 30 s window of ``audio`` (16 kHz mono), computed as
     faster-whisper's transcription computes it: log-mel of the whole input, its last frame dropped
     (``content_frames``), padded or trimmed to 3000 frames, encoded."""
+    from faster_whisper.audio import pad_or_trim
+
     mel = model.feature_extractor(np.asarray(audio, dtype=np.float32))
     content = mel[:, : min(WINDOW_MEL_FRAMES, mel.shape[-1] - 1)]
-    padded = np.pad(content, ((0, 0), (0, WINDOW_MEL_FRAMES - content.shape[-1])))
-    output = model.encode(padded)
+    output = model.encode(pad_or_trim(content, WINDOW_MEL_FRAMES))
     if output.device != "cpu":
         import ctranslate2
 
