@@ -137,6 +137,15 @@ SPECS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             slot="voice_emotion",
+            name="whisper-tiny-en-ravdess-logreg",
+            description="mean/std of the Whisper tiny.en encoder frames the ASR already computes + logistic "
+            "regression trained here on RAVDESS actors 1-12 (models/whisper_voice.py; ASR must be whisper-tiny.en)",
+            licence="CC BY-NC-SA 4.0 (trained on RAVDESS)",
+            package="models",
+            package_path="weights/voice_whisper_tiny_en_logreg.npz",
+        ),
+        ModelSpec(
+            slot="voice_emotion",
             name="wav2vec2-msp-dim",
             description="audEERING wav2vec2-large-robust (12 layers) fine-tuned on MSP-Podcast: arousal, "
             "dominance, valence regression (TransformersVoiceEmotion)",

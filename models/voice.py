@@ -184,16 +184,18 @@ def prosody(features: np.ndarray, feature_names: Sequence[str] | None = None) ->
 # --------------------------------------------------------------------------------------------------
 
 
-def speaker_zscore(features: np.ndarray, within_sd: np.ndarray) -> np.ndarray:
-    """Z-normalise one speaker's utterances (n × 88) with their own mean and a shrunk scale.
+def speaker_zscore(
+    features: np.ndarray, within_sd: np.ndarray, prior_utterances: float = SCALE_PRIOR_UTTERANCES
+) -> np.ndarray:
+    """Z-normalise one speaker's utterances (n × features) with their own mean and a shrunk scale.
 
     The scale blends the speaker's variance with the training population's within-speaker variance
-    (``SCALE_PRIOR_UTTERANCES`` pseudo-utterances), so a speaker with few utterances still gets a sane
+    (``prior_utterances`` pseudo-utterances), so a speaker with few utterances still gets a sane
     scale. Training and inference both use this function, so they normalise identically.
     """
     x = np.asarray(features, dtype=np.float64)
     n = x.shape[0]
-    var = (n * x.var(axis=0) + SCALE_PRIOR_UTTERANCES * np.square(within_sd)) / (n + SCALE_PRIOR_UTTERANCES)
+    var = (n * x.var(axis=0) + prior_utterances * np.square(within_sd)) / (n + prior_utterances)
     sd = np.sqrt(var)
     return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
@@ -220,31 +222,87 @@ class _LinearModel:
         return (x - self.mean) / self.scale
 
 
+class SpeakerAwareClassifier:
+    """The two weight sets of a voice ``.npz`` and the rule that picks between them, for any feature set.
+
+    ``population`` standardises with training statistics (works on a single clip); ``speaker`` first
+    z-normalises each speaker with their own statistics (:func:`speaker_zscore`), which removes voice
+    identity such as a high or low pitch. A speaker with at least ``min_speaker_utterances`` usable
+    utterances in the batch takes the speaker path. Shared by the eGeMAPS model and the Whisper-encoder
+    model (:mod:`models.whisper_voice`), so both normalise speakers the same way.
+    """
+
+    def __init__(self, npz: Any, source: str | Path, min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES,
+                 out_of_domain_z: float = np.inf) -> None:
+        required = ["class_names", "speaker_within_sd"] + [
+            f"{mode}_{part}" for mode in ("population", "speaker") for part in ("mean", "scale", "coef", "intercept")
+        ]
+        missing = [key for key in required if key not in npz.files]
+        if missing:
+            raise ValueError(f"{source}: not a voice classifier .npz (missing {', '.join(missing)})")
+        self.class_names: tuple[str, ...] = tuple(str(n) for n in npz["class_names"])
+        self._models = {
+            mode: _LinearModel(*(npz[f"{mode}_{part}"] for part in ("mean", "scale", "coef", "intercept")))
+            for mode in ("population", "speaker")
+        }
+        self._within_sd = npz["speaker_within_sd"]
+        self.metadata: dict[str, Any] = {
+            k[len("meta_") :]: npz[k].item() if npz[k].ndim == 0 else npz[k].tolist()
+            for k in npz.files
+            if k.startswith("meta_")
+        }
+        self.n_features = int(self._within_sd.shape[0])
+        self.prior_utterances = float(self.metadata.get("scale_prior_utterances", SCALE_PRIOR_UTTERANCES))
+        self.min_speaker_utterances = min_speaker_utterances
+        self.out_of_domain_z = out_of_domain_z
+
+    def predict(self, x: np.ndarray, usable: np.ndarray, speakers: Sequence[str | None] | None) -> VoiceResult:
+        """Canonical probabilities and valence/arousal of the ``usable`` rows of ``x``; NaN for the rest."""
+        n = x.shape[0]
+        if speakers is not None and len(speakers) != n:
+            raise ValueError(f"{len(speakers)} speakers for {n} feature rows")
+        class_probs = np.full((n, len(self.class_names)), np.nan)
+        by_speaker = np.zeros(n, dtype=bool)
+        if speakers is not None:
+            ids = np.array([s if s is not None else "" for s in speakers], dtype=object)
+            for speaker in set(ids[usable]) - {""}:
+                rows = np.flatnonzero(usable & (ids == speaker))
+                if rows.size >= self.min_speaker_utterances:
+                    z = speaker_zscore(x[rows], self._within_sd, self.prior_utterances)
+                    class_probs[rows] = self._models["speaker"].probs(z)
+                    by_speaker[rows] = True
+        rest = usable & ~by_speaker
+        out_of_domain = np.zeros(n, dtype=bool)
+        if rest.any():
+            population = self._models["population"]
+            class_probs[rest] = population.probs(x[rest])
+            out_of_domain[rest] = np.abs(population.standardise(x[rest])).mean(axis=1) > self.out_of_domain_z
+        probs = np.full((n, len(LABELS)), np.nan, dtype=np.float32)
+        probs[usable] = to_canonical(class_probs[usable], self.class_names)
+        va = np.full((n, 2), np.nan, dtype=np.float32)
+        va[usable] = valence_arousal(probs[usable])
+        return VoiceResult(probs=probs, valence=va[:, 0], arousal=va[:, 1], speaker_normalised=by_speaker,
+                           out_of_domain=out_of_domain)
+
+
 class VoiceEmotion:
     """Offline vocal emotion from eGeMAPS functionals (weights made by ``scripts/train_voice.py``).
 
-    Two weight sets share one ``.npz``: ``population`` (features standardised with training statistics;
-    works on a single clip) and ``speaker`` (features first z-normalised per speaker, which removes voice
-    identity such as a high or low pitch and scores better: 0.57 vs 0.50 accuracy on held-out RAVDESS
-    actors). A speaker with at least ``min_speaker_utterances`` usable utterances in the batch takes the
-    speaker path. Caveat: the speaker path assumes a speaker's utterances span several emotions, as in
-    RAVDESS; for a speaker who is neutral throughout, normalisation inflates small deviations.
+    Two weight sets share one ``.npz`` (see :class:`SpeakerAwareClassifier`): per-speaker normalisation
+    scores better on held-out RAVDESS actors (0.57 vs 0.50 accuracy). Caveat: the speaker path assumes a
+    speaker's utterances span several emotions, as in RAVDESS; for a speaker who is neutral throughout,
+    normalisation inflates small deviations.
     """
 
     def __init__(self, model: ResolvedModel, min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES) -> None:
         with np.load(model.path, allow_pickle=False) as npz:
+            if "feature_names" not in npz.files:
+                raise ValueError(f"{model.path}: no eGeMAPS feature_names; not an eGeMAPS voice model")
             self.feature_names: tuple[str, ...] = tuple(str(n) for n in npz["feature_names"])
-            self.class_names: tuple[str, ...] = tuple(str(n) for n in npz["class_names"])
-            self._models = {
-                mode: _LinearModel(*(npz[f"{mode}_{part}"] for part in ("mean", "scale", "coef", "intercept")))
-                for mode in ("population", "speaker")
-            }
-            self._within_sd = npz["speaker_within_sd"]
-            self.metadata: dict[str, Any] = {
-                k[len("meta_") :]: npz[k].item() if npz[k].ndim == 0 else npz[k].tolist()
-                for k in npz.files
-                if k.startswith("meta_")
-            }
+            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances,
+                                                      OUT_OF_DOMAIN_MEAN_ABS_Z)
+        self.class_names = self._classifier.class_names
+        self.metadata = self._classifier.metadata
         self.min_speaker_utterances = min_speaker_utterances
         self._f0 = self.feature_names.index(_F0_MEAN)
 
@@ -258,33 +316,8 @@ class VoiceEmotion:
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"features must be N × {len(self.feature_names)} eGeMAPSv02 functionals, got {x.shape}")
-        n = x.shape[0]
-        if speakers is not None and len(speakers) != n:
-            raise ValueError(f"{len(speakers)} speakers for {n} feature rows")
         usable = np.all(np.isfinite(x), axis=1) & (x[:, self._f0] > 0)
-        class_probs = np.full((n, len(self.class_names)), np.nan)
-        by_speaker = np.zeros(n, dtype=bool)
-        if speakers is not None:
-            ids = np.array([s if s is not None else "" for s in speakers], dtype=object)
-            for speaker in set(ids[usable]) - {""}:
-                rows = np.flatnonzero(usable & (ids == speaker))
-                if rows.size >= self.min_speaker_utterances:
-                    z = speaker_zscore(x[rows], self._within_sd)
-                    class_probs[rows] = self._models["speaker"].probs(z)
-                    by_speaker[rows] = True
-        rest = usable & ~by_speaker
-        out_of_domain = np.zeros(n, dtype=bool)
-        if rest.any():
-            population = self._models["population"]
-            class_probs[rest] = population.probs(x[rest])
-            distance = np.abs(population.standardise(x[rest])).mean(axis=1)
-            out_of_domain[rest] = distance > OUT_OF_DOMAIN_MEAN_ABS_Z
-        probs = np.full((n, len(LABELS)), np.nan, dtype=np.float32)
-        probs[usable] = to_canonical(class_probs[usable], self.class_names)
-        va = np.full((n, 2), np.nan, dtype=np.float32)
-        va[usable] = valence_arousal(probs[usable])
-        return VoiceResult(probs=probs, valence=va[:, 0], arousal=va[:, 1], speaker_normalised=by_speaker,
-                           out_of_domain=out_of_domain)
+        return self._classifier.predict(x, usable, speakers)
 
 
 # --------------------------------------------------------------------------------------------------
