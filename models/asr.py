@@ -8,7 +8,7 @@ Where the speech is comes from the caller: the pipeline passes the regions the s
 segmentation model found (:mod:`models.segmentation`); Silero (Whisper's own filter) is used only when
 no regions are given, since it misses shouted and fearful speech, the client's most emotional moments.
 
-Regions closer than ``max_pause_s`` form one Whisper input (a *group*, padded by ``PAD_S``): the
+Regions closer than ``max_pause_s`` form one Whisper input (a *group*, padded by ``INPUT_PAD_S``): the
 decoder keeps its context over short pauses but never reads across a long one. Joining everything
 within 2 s, as Whisper's own filter does, let it run one sentence into the next and loop ("kids are
 talking" written 22 times for 7 sayings). A group whose text the audio cannot hold (too many words per
@@ -35,16 +35,15 @@ from faster_whisper import WhisperModel
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from models.registry import ResolvedModel
+from models.whisper_voice import INPUT_PAD_S  # the voice features pool this very input's encoder
 
 SAMPLE_RATE = 16_000
 MAX_INPUT_S = 28.0  # a group fits one 30 s Whisper window with its padding
-PAD_S = 0.4  # context around a group, as Whisper's own filter pads its speech
 MAX_WORDS_PER_S = 6.0  # fast speech reaches ~5 words per voiced second; more is text the audio cannot hold
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop
 MAX_REPEATS = 3  # a phrase said this many times back to back is a decoding loop
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 FALLBACK_SEED = 0
-ENCODER_FRAME_S = 0.02  # Whisper's encoder: one output frame per 20 ms of its input
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Segment:
     words: tuple[Word, ...]
     flags: tuple[str, ...] = ()  # what the decoder needed: "redecoded", "implausible_text", ...
     # The encoder output of the Whisper input this segment came from (frames × d, one frame per
-    # ENCODER_FRAME_S from ``encoder_start``); only kept when the Transcriber is asked to.
+    # ``models.whisper_voice.FRAME_S`` from ``encoder_start``); only kept when the Transcriber is asked to.
     encoder: np.ndarray | None = field(default=None, repr=False, compare=False)
     encoder_start: float = 0.0
 
@@ -164,14 +163,14 @@ class Transcriber:
 
     def _transcribe_group(self, audio: np.ndarray, offset_s: float, group: Group, voiced: np.ndarray,
                           previous_end: float, next_start: float) -> Segment | None:
-        """Decode one group, padded by up to ``PAD_S`` (never past half the gap to its neighbours);
+        """Decode one group, padded by up to ``INPUT_PAD_S`` (never past half the gap to its neighbours);
         a transcript the audio cannot hold is decoded again with seeded temperature fallback."""
-        first = max(group.start - PAD_S, (previous_end + group.start) / 2, offset_s)
-        last = min(group.end + PAD_S, (group.end + next_start) / 2, offset_s + len(audio) / SAMPLE_RATE)
+        first = max(group.start - INPUT_PAD_S, (previous_end + group.start) / 2, offset_s)
+        last = min(group.end + INPUT_PAD_S, (group.end + next_start) / 2, offset_s + len(audio) / SAMPLE_RATE)
         a, b = round((first - offset_s) * SAMPLE_RATE), round((last - offset_s) * SAMPLE_RATE)
         if b - a < 1600:
             return None
-        piece = audio[a:b]
+        piece, piece_start = audio[a:b], offset_s + a / SAMPLE_RATE
         segments = self._decode(piece, fallback=False)
         flags: list[str] = []
         if implausible(_text(segments), group.voiced_s):
@@ -179,7 +178,7 @@ class Transcriber:
             flags.append("redecoded")
             if implausible(_text(segments), group.voiced_s):
                 flags.append("implausible_text")
-        words, dropped = _words_in_speech(segments, first, offset_s, voiced, group)
+        words, dropped = _words_in_speech(segments, piece_start, offset_s, voiced, group)
         if dropped:
             flags.append("words_outside_speech_dropped")
         if not words:
@@ -194,7 +193,7 @@ class Transcriber:
             words=tuple(words),
             flags=tuple(flags),
             encoder=self._encoded[0] if self._encoded else None,
-            encoder_start=first,
+            encoder_start=piece_start,
         )
 
     def _decode(self, audio: np.ndarray, fallback: bool) -> list[Any]:

@@ -85,6 +85,38 @@ def pool_encoder_frames(frames: np.ndarray, spans: Sequence[tuple[float, float]]
     return out
 
 
+def word_moments(frames: np.ndarray, word_starts: Sequence[float], end: float) -> np.ndarray:
+    """Per word, the sum, sum of squares and count of the encoder frames from its start to the next
+    word's start (the last word's to ``end``; seconds from the window's start): ``[n_words, 2d + 1]``.
+
+    The words partition the utterance's frames, so :func:`pool_moments` of all of them is
+    :func:`pool_encoder_frames` of the utterance's span, and of a run of them, the pooled features of
+    that part of it (a part split off at a speaker change), with no encoder output kept.
+    """
+    x = np.asarray(frames, dtype=np.float64)
+    edges = [max(0, math.floor(t / FRAME_S + _EDGE_TOLERANCE)) for t in word_starts]
+    edges.append(math.ceil(end / FRAME_S - _EDGE_TOLERANCE))
+    edges = [min(x.shape[0], e) for e in edges]
+    out = np.zeros((len(word_starts), 2 * x.shape[1] + 1))
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        if b > a:
+            out[i, : x.shape[1]] = x[a:b].sum(axis=0)
+            out[i, x.shape[1] : -1] = np.square(x[a:b]).sum(axis=0)
+            out[i, -1] = b - a
+    return out
+
+
+def pool_moments(moments: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation (as :func:`pool_encoder_frames`) of the frames behind rows of
+    :func:`word_moments`; NaN when they hold no frame."""
+    total = np.asarray(moments, dtype=np.float64).sum(axis=0)
+    d = (total.shape[0] - 1) // 2
+    if total[-1] <= 0:
+        return np.full(2 * d, np.nan, np.float32)
+    mean = total[:d] / total[-1]
+    return np.concatenate([mean, np.sqrt(np.maximum(total[d:-1] / total[-1] - mean**2, 0.0))]).astype(np.float32)
+
+
 def encoder_frames(model: WhisperModel, audio: np.ndarray) -> np.ndarray:
     """Encoder output ``[1500, d]`` of the first 30 s window of ``audio`` (16 kHz mono), computed as
     faster-whisper's transcription computes it: log-mel of the whole input, its last frame dropped

@@ -27,12 +27,14 @@ import ray
 
 from models.registry import ResolvedModel, resolve
 from models.voice import EgemapsExtractor, VoiceEmotion
+from models.whisper_voice import WhisperVoiceEmotion
 from ray_jobs.media import SAMPLE_RATE
 from ray_jobs.config import Resources, RunConfig
 from ray_jobs.inputs import SessionInput, fingerprint
 from ray_jobs.reduce import reduce_session
 from ray_jobs.stages import (
-    AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_transformers_model, iter_source_chunks,
+    AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_encoder_voice_model, is_transformers_model,
+    iter_source_chunks,
 )
 from ray_jobs.generate import generate
 from ray_jobs.prompts import build_prompts
@@ -90,6 +92,17 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
         "speaker_embedding": resolve("speaker_embedding", config.speakers.model, config.speakers.path,
                                      allow_network=net),
     }
+
+
+def load_voice_model(model: ResolvedModel, asr: ResolvedModel, min_speaker_utterances: int
+                     ) -> VoiceEmotion | WhisperVoiceEmotion | None:
+    """The voice model the reducer runs (None: a transformers model runs in the voice stage). A
+    classifier of Whisper encoder frames must match the ASR model: checked here, before any work."""
+    if is_transformers_model(model.path):
+        return None
+    if is_encoder_voice_model(model.path):
+        return WhisperVoiceEmotion(model, asr=asr, min_speaker_utterances=min_speaker_utterances)
+    return VoiceEmotion(model, min_speaker_utterances=min_speaker_utterances)
 
 
 # Smaller than the audio of the shortest chunk allowed (decode.chunk_s >= 5 s: 320 kB), so that each
@@ -168,11 +181,7 @@ def run_pipeline(
     models = resolve_models(config)
     models_json = json.dumps({slot: m.record() for slot, m in models.items()}, sort_keys=True)
     voice_model = models["voice_emotion"]
-    voice = (
-        None
-        if is_transformers_model(voice_model.path)
-        else VoiceEmotion(voice_model, min_speaker_utterances=config.voice.min_speaker_utterances)
-    )
+    voice = load_voice_model(voice_model, models["asr"], config.voice.min_speaker_utterances)
 
     todo: list[SessionInput] = []
     meta: dict[str, dict[str, Any]] = {}

@@ -26,6 +26,7 @@ from models.diarize import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speak
 from models.emotion import LABELS, confidence
 from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
+from models.whisper_voice import WhisperVoiceEmotion, pool_moments
 from ray_jobs import dissonance
 from ray_jobs.config import RunConfig
 from ray_jobs.face_tracks import FaceAttribution, attribute
@@ -56,7 +57,8 @@ def _segments(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ser = chunk.get("voice_probs") is not None  # a transformers speech-emotion model ran in the stage
         for i, seg in enumerate(chunk.get("segments") or []):
             voice = (chunk["voice_probs"][i], chunk["voice_valence"][i], chunk["voice_arousal"][i]) if ser else None
-            out.append({**seg, "words": [dict(w) for w in seg["words"]], "features": features[i], "ser": voice})
+            words = [{**w, "index": k} for k, w in enumerate(seg["words"])]  # index: for the word moments
+            out.append({**seg, "words": words, "features": features[i], "ser": voice})
     return sorted(out, key=lambda s: (s["start"], s["end"]))
 
 
@@ -90,6 +92,7 @@ def build_utterances(
 ) -> tuple[list[dict[str, Any]], np.ndarray, list[int]]:
     """Utterance rows (segments split at speaker changes), their eGeMAPS features, and the indices of
     utterances that came from a split (their features are NaN until re-extracted).
+    Each row keeps its pooled Whisper encoder frames (``_embedding``, :func:`encoder_features`).
 
     With ``redact_text`` the text and word tokens are redacted here, before anything downstream
     (tables, prompts, logs) can see them.
@@ -113,6 +116,7 @@ def build_utterances(
                 "words": redact_words(words) if redact_text else words,
                 "asr_logprob": float(seg["avg_logprob"]),
                 "asr_flags": list(seg.get("flags") or []),
+                "_embedding": _part_embedding(seg, part, whole=len(parts) == 1),
             }
             if seg["ser"] is not None and len(parts) == 1:
                 row.update(_voice_columns(*seg["ser"]))
@@ -120,6 +124,27 @@ def build_utterances(
             features.append(seg["features"] if len(parts) == 1 else np.full(N_EGEMAPS, np.nan, np.float32))
     matrix = np.stack(features) if rows else np.zeros((0, N_EGEMAPS), np.float32)
     return rows, matrix, split
+
+
+def _part_embedding(segment: dict[str, Any], part: dict[str, Any], whole: bool) -> np.ndarray | None:
+    """Pooled encoder frames of an utterance: the ASR stage's own for a whole segment, or pooled from
+    the word moments of the part's words for a part cut off at a speaker change."""
+    if whole or segment.get("voice_word_moments") is None:
+        return segment.get("voice_embedding") if whole else None
+    moments = np.asarray(segment["voice_word_moments"], np.float64)
+    return pool_moments(moments[[w["index"] for w in part["words"]]])
+
+
+def encoder_features(utterances: list[dict[str, Any]]) -> np.ndarray:
+    """The utterances' pooled Whisper encoder frames (N × 2d; NaN rows where an utterance has none: a
+    part of a segment split at a speaker change), popped from the rows."""
+    pooled = [u.pop("_embedding", None) for u in utterances]
+    width = next((len(p) for p in pooled if p is not None), 0)
+    out = np.full((len(pooled), width), np.nan, np.float32)
+    for i, p in enumerate(pooled):
+        if p is not None:
+            out[i] = p
+    return out
 
 
 def _voice_columns(probs: np.ndarray, valence: float, arousal: float, out_of_domain: bool = False
@@ -164,14 +189,15 @@ def reduce_session(
     session: dict[str, Any],
     chunks: list[dict[str, Any]],
     config: RunConfig,
-    voice: VoiceEmotion | None = None,
+    voice: VoiceEmotion | WhisperVoiceEmotion | None = None,
     span_features: SpanFeatures | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``sessions`` row and ``utterances`` rows of one session.
 
     ``session`` carries the run-level fields (session_id, source_path, config_hash, models, ...);
-    ``chunks`` are the stage outputs of this session in any order; ``voice`` is the offline eGeMAPS
-    emotion model (None when a transformers model scored the utterances in the stage);
+    ``chunks`` are the stage outputs of this session in any order; ``voice`` is the offline emotion
+    model, on eGeMAPS features or on the Whisper encoder frames the ASR stage pooled per utterance
+    (None when a transformers model scored the utterances in the stage);
     ``span_features`` re-extracts eGeMAPS features for utterances made by splitting a segment (their
     voice columns stay null without it).
     """
@@ -182,6 +208,7 @@ def reduce_session(
     segments = _segments(usable)
     turns = diarize(segments, *_speaker_windows(usable), config)
     utterances, features, split = build_utterances(session["session_id"], segments, config.redact)
+    embeddings = encoder_features(utterances)
     if split and span_features is not None:
         features[split] = span_features([(utterances[i]["start_s"], utterances[i]["end_s"]) for i in split])
 
@@ -199,7 +226,8 @@ def reduce_session(
     client = next((u["speaker"] for u in utterances if u["role"] == "client"), None)
     face_columns(utterances, frame_times, faces, who, client)
     if voice is not None and utterances:
-        result = voice.predict(features, [u["speaker"] for u in utterances])
+        inputs = embeddings if isinstance(voice, WhisperVoiceEmotion) else features
+        result = voice.predict(inputs, [u["speaker"] for u in utterances])
         for i, utt in enumerate(utterances):
             ood = bool(result.out_of_domain[i]) if result.out_of_domain is not None else False
             utt.update(_voice_columns(result.probs[i], result.valence[i], result.arousal[i], ood))

@@ -115,11 +115,28 @@ class AsrStage:
 
         c = config.asr
         model = resolve("asr", c.model, c.path, allow_network=config.allow_network)
+        self.utterances = config.utterances
+        voice = resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=config.allow_network)
+        self.pool = is_encoder_voice_model(voice.path)
         self.transcriber = Transcriber(
             model, device=c.device, compute_type=c.compute_type, cpu_threads=c.cpu_threads,
-            language=c.language, beam_size=c.beam_size,
+            language=c.language, beam_size=c.beam_size, keep_encoder=self.pool,
         )
-        self.utterances = config.utterances
+
+    def _record(self, utterance: Any) -> dict[str, Any]:
+        """An utterance as a row; with an encoder voice model, its own span's pooled encoder frames
+        (the encoder already ran for transcription: no second pass)."""
+        from models.whisper_voice import pool_encoder_frames, word_moments
+
+        record = utterance.as_record()
+        if self.pool and utterance.encoder is not None:
+            offset = utterance.encoder_start
+            span = (utterance.start - offset, utterance.end - offset)
+            record["voice_embedding"] = pool_encoder_frames(utterance.encoder, [span])[0].tolist()
+            # per word, for the parts a speaker change may cut it into once speakers are known
+            starts = [w.start - offset for w in utterance.words]
+            record["voice_word_moments"] = word_moments(utterance.encoder, starts, span[1]).tolist()
+        return record
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -129,13 +146,13 @@ class AsrStage:
         regions = row.pop("speech_regions", None)
         if row.get("error"):
             return row
-        u = self.utterances
+        cut = self.utterances
         try:
             speech = [tuple(r) for r in np.asarray(regions, np.float64).reshape(-1, 2)]
             groups = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]), speech=speech,
-                                                 max_pause_s=u.max_pause_s)
-            utterances = [utt for g in groups for utt in split_segment(g, u.max_pause_s, u.max_duration_s)]
-            row["segments"] = [s.as_record() for s in utterances]
+                                                 max_pause_s=cut.max_pause_s)
+            utterances = [u for g in groups for u in split_segment(g, cut.max_pause_s, cut.max_duration_s)]
+            row["segments"] = [self._record(u) for u in utterances]
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
             return _failed(row, "asr", exc)
         return row
@@ -219,8 +236,16 @@ class SpeakerStage:
 
 
 def is_transformers_model(path: Path) -> bool:
-    """Speech-emotion checkpoints in Hugging Face format are folders; the offline default is one .npz file."""
+    """Speech-emotion checkpoints in Hugging Face format are folders; the offline models are .npz files."""
     return path.is_dir()
+
+
+def is_encoder_voice_model(path: Path) -> bool:
+    """A voice classifier on Whisper encoder frames records the encoder it was trained on."""
+    if path.is_dir() or path.suffix != ".npz":
+        return False
+    with np.load(path, allow_pickle=False) as npz:
+        return "encoder_version" in npz.files
 
 
 class VoiceStage:

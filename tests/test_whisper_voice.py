@@ -25,6 +25,8 @@ from models.whisper_voice import (
     encoder_frames,
     padded_input,
     pool_encoder_frames,
+    pool_moments,
+    word_moments,
 )
 
 VOICE_MODEL = "whisper-tiny-en-ravdess-logreg"
@@ -149,3 +151,27 @@ def test_registry_resolves_it_offline_and_keeps_the_egemaps_default(voice: Whisp
     assert voice.metadata["train_actors"] == list(range(1, 13))
     result = voice.predict(np.full((3, 768), np.nan), ["s0"] * 3)
     assert np.isnan(result.probs).all() and not result.speaker_normalised.any()
+
+
+def test_the_transcriber_keeps_the_frames_training_computes(ravdess: Path) -> None:
+    # the runtime path itself: the ASR adapter's kept encoder output is what training pooled for this input
+    from models.asr import Transcriber
+
+    audio = read_audio(ravdess / "Actor_13" / "03-01-05-02-01-01-13.flac")
+    regions = SpeechSegmenter(resolve("speech_segmentation")).speech_regions(audio)
+    transcriber = Transcriber(resolve("asr"), compute_type="int8", cpu_threads=2, keep_encoder=True)
+    (segment,) = transcriber.transcribe(audio, speech=regions, max_pause_s=0.8)
+    a, b = padded_input(regions[0][0], regions[-1][1], len(audio) / 16000)
+    assert segment.encoder_start == pytest.approx(a / 16000)
+    np.testing.assert_array_equal(segment.encoder, encoder_frames(transcriber._model, audio[a:b]))
+
+
+def test_word_moments_pool_to_the_span_and_to_any_run_of_words() -> None:
+    frames = np.random.default_rng(0).standard_normal((1500, 6)).astype(np.float32)
+    starts, end = [0.50, 0.84, 1.22, 1.60], 2.06  # on frame edges: a part ends where the next begins
+    moments = word_moments(frames, starts, end)
+    np.testing.assert_allclose(pool_moments(moments), pool_encoder_frames(frames, [(0.50, end)])[0], atol=1e-5)
+    # a part cut at a speaker change: its words' frames, up to the next part's first word
+    np.testing.assert_allclose(pool_moments(moments[2:]), pool_encoder_frames(frames, [(1.22, end)])[0], atol=1e-5)
+    np.testing.assert_allclose(pool_moments(moments[:2]), pool_encoder_frames(frames, [(0.50, 1.22)])[0], atol=1e-5)
+    assert np.isnan(pool_moments(np.zeros((2, 13)))).all()
