@@ -37,7 +37,7 @@ CIRCUMPLEX: dict[str, tuple[float, float]] = {
     "surprise": (0.40, 0.67),
     "contempt": (-0.55, 0.10),
 }
-VA_TEMPERATURE = 0.4
+VA_TEMPERATURE = 0.5
 _VA = np.array([CIRCUMPLEX[name] for name in LABELS], dtype=np.float32)
 
 

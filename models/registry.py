@@ -129,20 +129,20 @@ SPECS: dict[str, ModelSpec] = {
         # --- vocal emotion (owner: models/voice.py) ---
         ModelSpec(
             slot="voice_emotion",
-            name="egemaps-ravdess-logreg",
-            description="eGeMAPSv02 functionals + logistic regression trained here on RAVDESS actors 1-12",
-            licence="CC BY-NC-SA 4.0 (trained on RAVDESS)",
-            package="models",
-            package_path="weights/voice_egemaps_logreg.npz",
-        ),
-        ModelSpec(
-            slot="voice_emotion",
             name="whisper-tiny-en-ravdess-logreg",
             description="mean/std of the Whisper tiny.en encoder frames the ASR already computes + logistic "
             "regression trained here on RAVDESS actors 1-12 (models/whisper_voice.py; ASR must be whisper-tiny.en)",
             licence="CC BY-NC-SA 4.0 (trained on RAVDESS)",
             package="models",
             package_path="weights/voice_whisper_tiny_en_logreg.npz",
+        ),
+        ModelSpec(
+            slot="voice_emotion",
+            name="egemaps-ravdess-logreg",
+            description="eGeMAPSv02 functionals + logistic regression trained here on RAVDESS actors 1-12",
+            licence="CC BY-NC-SA 4.0 (trained on RAVDESS)",
+            package="models",
+            package_path="weights/voice_egemaps_logreg.npz",
         ),
         ModelSpec(
             slot="voice_emotion",

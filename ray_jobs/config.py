@@ -72,7 +72,10 @@ class FaceConfig:
 
 @dataclass
 class VoiceConfig:
-    model: str = "egemaps-ravdess-logreg"
+    # Whisper tiny.en encoder frames (what the ASR computes anyway): 0.76 voice accuracy through the whole
+    # pipeline on held-out RAVDESS actors, against 0.63 for egemaps-ravdess-logreg. Fits only the
+    # whisper-tiny.en ASR model: with another ASR, choose egemaps-ravdess-logreg or a transformers model.
+    model: str = "whisper-tiny-en-ravdess-logreg"
     path: str | None = None
     device: str = "cpu"  # for transformers speech-emotion models
     min_speaker_utterances: int = 8  # per-speaker normalisation needs this many utterances of a speaker

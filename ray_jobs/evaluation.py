@@ -29,17 +29,22 @@ def parse_actors(spec: str) -> set[int]:
     return actors
 
 
+EGEMAPS_VOICE_MODEL = "egemaps-ravdess-logreg"
+
+
 def ravdess_files(folder: Path, actors: set[int] | None = None) -> list[Path]:
     """RAVDESS audio files under ``folder`` (any depth), optionally only the given actors."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".wav", ".flac"})
     return [p for p in files if actors is None or ravdess_label(p)[1] in actors]
 
 
-def evaluate_voice(files: Sequence[Path], model: str | None = None) -> dict[str, Any]:
-    """Accuracy, macro-F1 and confusion matrix of the voice model, with and without per-speaker normalisation."""
+def evaluate_voice(files: Sequence[Path], model: str = EGEMAPS_VOICE_MODEL) -> dict[str, Any]:
+    """Accuracy, macro-F1 and confusion matrix of an eGeMAPS voice model on whole clips, with and without
+    per-speaker normalisation. (The Whisper-encoder model's clip figures come from
+    ``scripts/train_voice.py --features whisper``; both run end to end in ``eval pipeline``.)"""
     voice = VoiceEmotion(resolve("voice_emotion", model))
     return {
-        "model": voice.metadata | {"name": model or "default"},
+        "model": voice.metadata | {"name": model},
         "per_clip": evaluate_ravdess(voice, files, per_speaker=False),
         "per_speaker": evaluate_ravdess(voice, files, per_speaker=True),
     }

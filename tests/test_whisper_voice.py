@@ -143,11 +143,11 @@ def test_other_encoders_are_refused_by_name(voice: WhisperVoiceEmotion) -> None:
         voice.predict(np.zeros((2, 1280)))  # base's 2 × 512 features
 
 
-def test_registry_resolves_it_offline_and_keeps_the_egemaps_default(voice: WhisperVoiceEmotion) -> None:
+def test_registry_resolves_it_offline_as_the_default(voice: WhisperVoiceEmotion) -> None:
     resolved = resolve("voice_emotion", VOICE_MODEL)
     assert resolved.source == "package" and resolved.path.name == "voice_whisper_tiny_en_logreg.npz"
     assert resolved.path.stat().st_size < 200_000
-    assert resolve("voice_emotion").name == "egemaps-ravdess-logreg"
+    assert resolve("voice_emotion").name == VOICE_MODEL  # the offline default since it measured better
     assert voice.metadata["train_actors"] == list(range(1, 13))
     result = voice.predict(np.full((3, 768), np.nan), ["s0"] * 3)
     assert np.isnan(result.probs).all() and not result.speaker_normalised.any()
