@@ -89,16 +89,17 @@ def diarize(
 
 def build_utterances(
     session_id: str, segments: list[dict[str, Any]], redact_text: bool = False
-) -> tuple[list[dict[str, Any]], np.ndarray, list[int]]:
-    """Utterance rows (segments split at speaker changes), their eGeMAPS features, and the indices of
-    utterances that came from a split (their features are NaN until re-extracted).
-    Each row keeps its pooled Whisper encoder frames (``_embedding``, :func:`encoder_features`).
+) -> tuple[list[dict[str, Any]], np.ndarray, list[int], np.ndarray]:
+    """Utterance rows (segments split at speaker changes), their eGeMAPS features, the indices of
+    utterances that came from a split (their eGeMAPS features are NaN until re-extracted), and their
+    pooled Whisper encoder frames (:func:`_stack`; no columns where the ASR stage kept none).
 
     With ``redact_text`` the text and word tokens are redacted here, before anything downstream
     (tables, prompts, logs) can see them.
     """
     rows: list[dict[str, Any]] = []
     features: list[np.ndarray] = []
+    embeddings: list[np.ndarray | None] = []
     split: list[int] = []
     for seg in segments:
         parts = split_by_speaker(seg)
@@ -116,14 +117,14 @@ def build_utterances(
                 "words": redact_words(words) if redact_text else words,
                 "asr_logprob": float(seg["avg_logprob"]),
                 "asr_flags": list(seg.get("flags") or []),
-                "_embedding": _part_embedding(seg, part, whole=len(parts) == 1),
             }
             if seg["ser"] is not None and len(parts) == 1:
                 row.update(_voice_columns(*seg["ser"]))
             rows.append(row)
             features.append(seg["features"] if len(parts) == 1 else np.full(N_EGEMAPS, np.nan, np.float32))
+            embeddings.append(_part_embedding(seg, part, whole=len(parts) == 1))
     matrix = np.stack(features) if rows else np.zeros((0, N_EGEMAPS), np.float32)
-    return rows, matrix, split
+    return rows, matrix, split, _stack(embeddings)
 
 
 def _part_embedding(segment: dict[str, Any], part: dict[str, Any], whole: bool) -> np.ndarray | None:
@@ -135,10 +136,8 @@ def _part_embedding(segment: dict[str, Any], part: dict[str, Any], whole: bool) 
     return pool_moments(moments[[w["index"] for w in part["words"]]])
 
 
-def encoder_features(utterances: list[dict[str, Any]]) -> np.ndarray:
-    """The utterances' pooled Whisper encoder frames (N × 2d; NaN rows where an utterance has none: a
-    part of a segment split at a speaker change), popped from the rows."""
-    pooled = [u.pop("_embedding", None) for u in utterances]
+def _stack(pooled: list[np.ndarray | None]) -> np.ndarray:
+    """Rows of pooled encoder frames as N × 2d, NaN where an utterance has none."""
     width = next((len(p) for p in pooled if p is not None), 0)
     out = np.full((len(pooled), width), np.nan, np.float32)
     for i, p in enumerate(pooled):
@@ -207,8 +206,7 @@ def reduce_session(
 
     segments = _segments(usable)
     turns = diarize(segments, *_speaker_windows(usable), config)
-    utterances, features, split = build_utterances(session["session_id"], segments, config.redact)
-    embeddings = encoder_features(utterances)
+    utterances, features, split, embeddings = build_utterances(session["session_id"], segments, config.redact)
     if split and span_features is not None:
         features[split] = span_features([(utterances[i]["start_s"], utterances[i]["end_s"]) for i in split])
 
