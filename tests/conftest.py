@@ -56,7 +56,7 @@ def dubbed_run(tmp_path_factory) -> tuple[Path, dict]:
     """(run folder, session manifest): a neutral GRID face lip-synced to seven RAVDESS clips of actor 14
     (neutral and calm, then strong happy, sad, angry and fearful: ``benchmarks/pipeline_material.py``),
     through the pipeline without generation: real dissonance between a calm face and an emotional voice.
-    The bundled example has none (its GRID voices are out of the voice model's domain)."""
+    The bundled example has none: its GRID voices are neutral, and read as neutral."""
     from pipeline_material import build_material
     from test_run_e2e import _emoguide
 
