@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from models.diarize import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speakers, speaker_turns, split_by_speaker
-from models.emotion import LABELS, confidence
+from models.emotion import confidence
 from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
 from models.whisper_voice import WhisperVoiceEmotion, pool_moments
