@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import data_path
 
 from models.asr import HOP_S, Transcriber, implausible, longest_repeat, speech_groups, trim_to_voice, voiced_frames
 from models.registry import ModelNotFoundError, resolve
@@ -162,7 +161,7 @@ def test_transcribes_only_the_speech_it_is_given(transcriber, grid_dir):
 def test_shouted_speech_reaches_the_transcript_through_the_segmentation_model(transcriber):
     # Strong anger, RAVDESS actor 6, "Dogs are sitting by the door" cut at 2.39 s. Whisper's own Silero
     # filter dropped the whole sentence (faster-whisper 1.2.1); the segmentation model's regions keep it.
-    clip = Path(__file__).resolve().parents[2] / "shared/data/ravdess/Actor_06/03-01-05-02-02-02-06.flac"
+    clip = data_path("ravdess", "Actor_06", "03-01-05-02-02-02-06.flac")
     audio = load_audio(clip)
     speech = SpeechSegmenter(resolve("speech_segmentation")).speech_regions(audio)
     text = normalise(" ".join(s.text for s in transcriber.transcribe(audio, speech=speech)))
