@@ -24,7 +24,6 @@ region is dropped, so every word lies on speech.
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from models.registry import ResolvedModel
@@ -246,7 +246,7 @@ def implausible(text: str, voiced_s: float) -> bool:
         return False
     if len(words) > MAX_WORDS_PER_S * max(voiced_s, 0.5):
         return True
-    if len(text) > 40 and len(text.encode()) / len(zlib.compress(text.encode())) > MAX_COMPRESSION_RATIO:
+    if len(text) > 40 and get_compression_ratio(text) > MAX_COMPRESSION_RATIO:
         return True
     return longest_repeat(words) >= MAX_REPEATS
 
