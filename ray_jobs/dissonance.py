@@ -21,6 +21,9 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 
 DEFAULT_THRESHOLD = 0.5
+# A voice model's confidence for speech unlike its training recordings (models/voice.py): its
+# probabilities are kept, but neither dissonance nor the prompts read it as a finding.
+OUT_OF_DOMAIN_CONFIDENCE = 0.0
 NEUTRAL_BAND = 0.15  # |valence| and |arousal| below this read as "neutral"
 
 
@@ -68,7 +71,7 @@ def _unusable(utt: Mapping[str, Any], min_face_confidence: float, min_voice_conf
         if not _present(utt.get(f"{channel}_valence"), utt.get(f"{channel}_arousal")):
             return f"no {channel}"
         sure = utt.get(f"{channel}_confidence")
-        if sure is not None and sure == 0.0 and channel == "voice":
+        if channel == "voice" and sure == OUT_OF_DOMAIN_CONFIDENCE:
             return "voice out of domain"
         if sure is not None and sure < floor:
             return f"{channel} unsure"

@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from models.emotion import LABELS
+from ray_jobs.dissonance import OUT_OF_DOMAIN_CONFIDENCE
 
 CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -330,8 +331,8 @@ def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             "utt_ids": [u.get("utt_id") for u in g],
         }
         for ch in ("face", "voice"):
-            # confidence 0 is the voice model's word for speech unlike its training data: not a reading
-            usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != 0.0]
+            # speech unlike the voice model's training data: not a reading
+            usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
             turn[f"{ch}_out_of_domain"] = not usable and any(_probs(u.get(f"{ch}_probs")) for u in g)
             turn[f"{ch}_probs"] = _weighted_mean(
                 [(p, w) for u, w in usable if (p := _probs(u.get(f"{ch}_probs")))]

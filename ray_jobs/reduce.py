@@ -156,7 +156,8 @@ def _voice_columns(probs: np.ndarray, valence: float, arousal: float, out_of_dom
         "voice_probs": [float(p) for p in probs] if known else None,
         "voice_valence": float(valence) if np.isfinite(valence) else None,
         "voice_arousal": float(arousal) if np.isfinite(arousal) else None,
-        "voice_confidence": (0.0 if out_of_domain else float(confidence(probs))) if known else None,
+        "voice_confidence": (dissonance.OUT_OF_DOMAIN_CONFIDENCE if out_of_domain else float(confidence(probs)))
+        if known else None,
     }
 
 
