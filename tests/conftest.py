@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray's socket paths must stay short, so its temp folder lives directly under /tmp.
 _RAY_TMP = tempfile.mkdtemp(prefix="egray-", dir="/tmp")
 os.environ["RAY_TMPDIR"] = _RAY_TMP
+# Joined split weights are verified by sha256, so every test run shares the user's copy (joining 1.6 GB of parts
+# per run would dominate the suite); the rest of the cache is private to this run.
+os.environ.setdefault("EMOGUIDE_JOINED", str(Path(os.environ.get("EMOGUIDE_CACHE", Path.home() / ".cache" / "emoguide")) / "joined"))
 os.environ["EMOGUIDE_CACHE"] = tempfile.mkdtemp(prefix="egcache-")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -187,3 +187,57 @@ def _session() -> list[dict]:
         )
         for i, (r, t) in enumerate(lines)
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# llama.cpp engine on the real split GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen_small():
+    from models.llm import LlamaCppGenerator
+
+    return LlamaCppGenerator(resolve("llm", "qwen2.5-0.5b-instruct"), max_new_tokens=12, n_ctx=1024)
+
+
+def test_llamacpp_generates_in_input_order_and_repeatably(qwen_small):
+    first = qwen_small.generate(CHATS)
+    assert all(isinstance(r, GenerationResult) and r.text for r in first)
+    assert first[0].n_prompt_tokens < first[2].n_prompt_tokens  # counted from each chat, not from a batch
+    assert all(0 < r.n_generated_tokens <= 12 for r in first)
+    assert qwen_small.generate(CHATS[::-1]) == first[::-1]  # greedy, and order does not change a reply
+    assert qwen_small.params()["engine"] == "llamacpp"
+
+
+def test_llamacpp_grammar_constrains_the_reply():
+    from models.llm import LlamaCppGenerator
+
+    grammar = 'root ::= "score: " [1-5]'
+    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-0.5b-instruct"), max_new_tokens=8, n_ctx=1024, grammar=grammar)
+    [res] = gen.generate([[{"role": "user", "content": "Rate this reply from 1 to 5: 'You sound tired.'"}]])
+    assert res.text in {f"score: {i}" for i in range(1, 6)}
+    assert gen.params()["grammar"] == grammar
+
+
+def test_load_generator_names_the_engines():
+    from models.llm import load_generator
+
+    with pytest.raises(ValueError, match="llamacpp, transformers"):
+        load_generator("onnx", resolve("llm"))
+    with pytest.raises(ValueError, match="needs a .gguf"):
+        load_generator("llamacpp", resolve("embedding"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Therapist: It sounds hard.", "It sounds hard."),
+        ('**Therapist:** "You feel stuck."', "You feel stuck."),
+        ("I hear you: that is hard.", "I hear you: that is hard."),
+        ('"Quoted" and more "x"', '"Quoted" and more "x"'),
+        ("The therapist said nothing.", "The therapist said nothing."),
+    ],
+)
+def test_clean_reply_removes_only_a_leading_label_and_wrapping_quotes(raw, clean):
+    from models.llm import clean_reply
+
+    assert clean_reply(raw) == clean

@@ -1,0 +1,158 @@
+"""Quality of the offline LLMs' interventions on AnnoMI-dev client turns (ray_jobs/intervention_quality.py).
+
+Each model answers the same prompts: ``--turns`` client turns (one per transcript, seeded), each under the
+``text`` condition and the ``dissonance`` condition (synthetic, well-formed cues). Per model: on-task rate,
+similarity to the therapist's real reply (MiniLM and MPNet) and reply form against the expert codes, each
+with a bootstrap CI; against the baseline model, paired bootstrap CIs of the differences. Replies are kept
+(``replies.jsonl``) with a blinded sample of 30 for the hand check of the on-task rules
+(``hand_check.csv``: fill the ``hand_on_task`` column, then ``--hand-check`` scores the rules against it).
+
+    python benchmarks/intervention_quality.py --annomi ../shared/data/annomi/AnnoMI-dev.csv
+    python benchmarks/intervention_quality.py --hand-check benchmarks/results/interventions/hand_check.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+OUT = REPO / "benchmarks" / "results" / "interventions"
+MODELS = ("smollm2-135m-instruct:transformers", "qwen2.5-0.5b-instruct:llamacpp", "qwen2.5-1.5b-instruct:llamacpp")
+CONDITIONS = ("text", "dissonance")
+EMBEDDINGS = ("all-minilm-l6-v2", "all-mpnet-base-v2")
+HAND_CHECK_N = 30
+
+
+def generate(pair: str, rows: list[dict], max_new_tokens: int) -> tuple[list[str | None], dict]:
+    """Replies of one model to every prompt row, with timing."""
+    from models.llm import load_generator
+    from models.registry import resolve
+    from ray_jobs.prompts import prompt_messages
+
+    name, engine = pair.split(":")
+    extra = {"prefix_marker": "</transcript>"} if engine == "llamacpp" else {"batch_size": 8}
+    gen = load_generator(engine, resolve("llm", name), max_new_tokens=max_new_tokens, repetition_penalty=1.1,
+                         **extra)
+    t0 = time.perf_counter()
+    results = gen.generate([prompt_messages(r) for r in rows])
+    wall = time.perf_counter() - t0
+    tokens = sum(r.n_generated_tokens for r in results)
+    return [r.text for r in results], {"wall_s": round(wall, 1), "generated_tokens": tokens,
+                                      "tokens_per_s": round(tokens / wall, 2), "engine": engine}
+
+
+def embedders() -> dict:
+    from models.registry import resolve
+    from ray_jobs.judge import MiniLMEmbedder
+
+    return {name.split("-")[1]: MiniLMEmbedder(resolve("embedding", name).path).encode for name in EMBEDDINGS}
+
+
+def compare(scored: dict[str, list[dict]], baseline: str) -> dict:
+    """Paired differences against the baseline model on the same prompts."""
+    from ray_jobs.intervention_quality import paired_bootstrap
+
+    base = scored[baseline]
+    out = {}
+    for model, items in scored.items():
+        if model == baseline:
+            continue
+        out[model] = {
+            key: paired_bootstrap([float(s[key]) for s in items], [float(s[key]) for s in base])
+            for key in ("on_task", *[k for k in items[0] if k.startswith("sim_")])
+        }
+    return out
+
+
+def write_hand_check(scored: dict[str, list[dict]], rows: list[dict], path: Path) -> None:
+    """A blinded, seeded sample of replies over all models, for labelling on-task by hand."""
+    from ray_jobs.intervention_quality import dialogue_text
+
+    pool = [(m, i) for m, items in scored.items() for i in range(len(items))]
+    pool.sort(key=lambda mi: zlib.crc32(f"{mi[0]}:{mi[1]}".encode()))
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["item", "client_said", "reply", "hand_on_task", "rules_on_task", "model"])
+        for n, (m, i) in enumerate(pool[:HAND_CHECK_N]):
+            s = scored[m][i]
+            w.writerow([n, dialogue_text(rows[i])[-400:], s["reply"], "", int(s["on_task"]), m])
+
+
+def score_hand_check(path: Path) -> dict:
+    """Agreement of the rules with the hand labels."""
+    with path.open() as fh:
+        items = [r for r in csv.DictReader(fh) if r["hand_on_task"].strip()]
+    agree = sum(r["hand_on_task"].strip() == r["rules_on_task"].strip() for r in items)
+    fp = sum(r["rules_on_task"] == "1" and r["hand_on_task"].strip() == "0" for r in items)
+    fn = sum(r["rules_on_task"] == "0" and r["hand_on_task"].strip() == "1" for r in items)
+    return {"n": len(items), "agreement": agree / len(items) if items else None,
+            "rules_on_task_but_hand_off": fp, "rules_off_but_hand_on": fn}
+
+
+def _previous_replies(folder: Path) -> dict[str, tuple[list[str | None], dict]]:
+    """Replies and timing per model from an earlier run's replies.jsonl (prompt order kept)."""
+    summary = json.loads((folder / "summary.json").read_text())["models"]
+    out: dict[str, tuple[list[str | None], dict]] = {}
+    with (folder / "replies.jsonl").open() as fh:
+        for line in fh:
+            r = json.loads(line)
+            out.setdefault(r["model"], ([], summary[r["model"]]["timing"]))[0].append(r["reply"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--annomi", type=Path, default=REPO.parent / "shared" / "data" / "annomi" / "AnnoMI-dev.csv")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), help="MODEL:ENGINE; the first is the baseline")
+    ap.add_argument("--turns", type=int, default=60)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--hand-check", type=Path, help="score a labelled hand_check.csv and exit")
+    ap.add_argument("--rescore", action="store_true", help="score the replies already in --out again (no generation)")
+    args = ap.parse_args(argv)
+    if args.hand_check:
+        print(json.dumps(score_hand_check(args.hand_check), indent=2))
+        return 0
+
+    from ray_jobs.intervention_quality import annomi_utterances, load_annomi, sample_prompts, score_replies, summarise
+
+    rows = sample_prompts(annomi_utterances(load_annomi(args.annomi)), args.turns, CONDITIONS)
+    encoders = embedders()
+    args.out.mkdir(parents=True, exist_ok=True)
+    scored, report = {}, {"data": str(args.annomi), "turns": args.turns, "conditions": list(CONDITIONS),
+                          "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "machine": f"{os.cpu_count()} CPU cores", "models": {}}
+    previous = _previous_replies(args.out) if args.rescore else {}
+    with (args.out / ("replies.jsonl.new" if args.rescore else "replies.jsonl")).open("w") as fh:
+        for pair in args.models:
+            if args.rescore:
+                replies, timing = previous[pair]
+            else:
+                replies, timing = generate(pair, rows, args.max_new_tokens)
+            scored[pair] = score_replies(rows, replies, encoders)
+            report["models"][pair] = {"timing": timing, **summarise(scored[pair])}
+            for s in scored[pair]:
+                fh.write(json.dumps({"model": pair, **s}) + "\n")
+            print(pair, json.dumps(report["models"][pair]["all"]["on_task"]), timing, flush=True)
+    if args.rescore:
+        os.replace(args.out / "replies.jsonl.new", args.out / "replies.jsonl")
+    report["paired_vs_baseline"] = {"baseline": args.models[0], **compare(scored, args.models[0])}
+    (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_hand_check(scored, rows, args.out / "hand_check.csv")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

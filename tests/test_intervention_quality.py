@@ -1,0 +1,91 @@
+"""ray_jobs.intervention_quality: on-task rules, AnnoMI material with synthetic cues, paired bootstrap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_jobs.intervention_quality import (
+    annomi_utterances,
+    dialogue_text,
+    off_task_rules,
+    paired_bootstrap,
+    sample_prompts,
+    synthetic_cues,
+)
+
+CLIENT = "Client: I lost my job last month and since then I just stay in bed all day."
+
+
+@pytest.mark.parametrize(
+    ("reply", "broken"),
+    [
+        ("It sounds like losing your job has left you without a reason to get up.", []),
+        ("What has staying in bed been like for you since the job ended?", []),
+        ("I've been working on a new piece of work for my upcoming book, and it's going well.",
+         ["not_addressed", "anecdote", "unrelated"]),
+        ("I'm glad you're enjoying the chat! Let me know if you need anything.", ["anecdote", "meta", "unrelated"]),
+        ("Here is the therapist's intervention: you lost your job and stay in bed.", ["meta"]),
+        ("Based on the emotion cues, your arousal is low since losing the job.", ["meta"]),
+        ("Okay.", ["empty"]),
+        ("The weather is nice today, isn't it?", ["not_addressed", "unrelated"]),
+    ],
+)
+def test_off_task_rules(reply: str, broken: list[str]) -> None:
+    assert off_task_rules(reply, CLIENT) == broken
+
+
+def _annomi() -> pd.DataFrame:
+    rows = []
+    for tid in ("7", "8", "9"):
+        for uid, (who, text, beh) in enumerate([
+            ("therapist", "What brings you in today?", "question"),
+            ("client", "My drinking has been getting out of hand lately.", "n/a"),
+            ("therapist", "Your drinking worries you.", "reflection"),
+            ("client", "Yes, my wife says it is ruining our marriage.", "n/a"),
+            ("therapist", "How do you see it?", "question"),
+        ]):
+            rows.append({"transcript_id": tid, "utterance_id": uid, "interlocutor": who, "utterance_text": text,
+                         "main_therapist_behaviour": beh, "mi_quality": "high"})
+    return pd.DataFrame(rows)
+
+
+def test_synthetic_cues_are_repeatable_distributions() -> None:
+    a, b = synthetic_cues("7", 1), synthetic_cues("7", 1)
+    assert a == b
+    assert synthetic_cues("7", 3) != a
+    assert abs(sum(a["face_probs"]) - 1) < 1e-5 and -1 <= a["voice_valence"] <= 1
+
+
+def test_annomi_utterances_carry_cues_and_real_dissonance() -> None:
+    utts = annomi_utterances(_annomi())
+    client = [u for u in utts if u["role"] == "client"]
+    assert all("face_probs" in u and u["dissonance"] is not None for u in client)
+    assert all("face_probs" not in u for u in utts if u["role"] == "therapist")
+    flags = {bool(u["dissonance"]) for u in client}
+    assert flags, "the real rule decided every client utterance"
+
+
+def test_sample_prompts_one_turn_per_transcript_both_conditions() -> None:
+    rows = sample_prompts(annomi_utterances(_annomi()), n_turns=2, conditions=("text", "dissonance"))
+    turns = {(r["session_id"], r["utt_id"]) for r in rows}
+    assert len(turns) == 2 and len({t[0] for t in turns}) == 2
+    assert sorted(r["condition"] for r in rows) == ["dissonance", "dissonance", "text", "text"]
+    for r in rows:
+        user = json.loads(r["prompt"])[-1]["content"]
+        assert ("<emotion_cues>" in user) == (r["condition"] == "dissonance")
+        assert r["reference_behaviour"] in ("reflection", "question")
+        assert "Client:" in dialogue_text(r)
+    assert sample_prompts(annomi_utterances(_annomi()), 2, ("text",)) == [r for r in rows if r["condition"] == "text"]
+
+
+def test_paired_bootstrap_separates_a_shift_from_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, 200)
+    shifted = paired_bootstrap(base + 0.3 + rng.normal(0, 0.1, 200), base)
+    assert shifted["ci95_low"] > 0
+    noise = paired_bootstrap(base + rng.normal(0, 0.1, 200), base)
+    assert noise["ci95_low"] < 0 < noise["ci95_high"]
