@@ -75,18 +75,25 @@ def compare(scored: dict[str, list[dict]], baseline: str) -> dict:
     return out
 
 
-def write_hand_check(scored: dict[str, list[dict]], rows: list[dict], path: Path) -> None:
-    """A blinded, seeded sample of replies over all models, for labelling on-task by hand."""
+def write_hand_check(scored: dict[str, list[dict]], rows: list[dict], folder: Path) -> None:
+    """A blinded, seeded sample of replies over all models, for labelling on-task by hand.
+
+    ``hand_check.csv`` holds ids and replies (ours); the AnnoMI dialogue each reply answers goes to
+    ``hand_check_context.csv`` beside it, which is not committed (AnnoMI's text is not ours to publish).
+    """
     from ray_jobs.intervention_quality import dialogue_text
 
     pool = [(m, i) for m, items in scored.items() for i in range(len(items))]
     pool.sort(key=lambda mi: zlib.crc32(f"{mi[0]}:{mi[1]}".encode()))
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["item", "client_said", "reply", "hand_on_task", "rules_on_task", "model"])
+    with (folder / "hand_check.csv").open("w", newline="") as fh, \
+            (folder / "hand_check_context.csv").open("w", newline="") as ctx:
+        w, c = csv.writer(fh), csv.writer(ctx)
+        w.writerow(["item", "session_id", "utt_id", "condition", "reply", "hand_on_task", "rules_on_task", "model"])
+        c.writerow(["item", "dialogue"])
         for n, (m, i) in enumerate(pool[:HAND_CHECK_N]):
             s = scored[m][i]
-            w.writerow([n, dialogue_text(rows[i])[-400:], s["reply"], "", int(s["on_task"]), m])
+            w.writerow([n, s["session_id"], s["utt_id"], s["condition"], s["reply"], "", int(s["on_task"]), m])
+            c.writerow([n, dialogue_text(rows[i])[-400:]])
 
 
 def score_hand_check(path: Path) -> dict:
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(args.out / "replies.jsonl.new", args.out / "replies.jsonl")
     report["paired_vs_baseline"] = {"baseline": args.models[0], **compare(scored, args.models[0])}
     (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_hand_check(scored, rows, args.out / "hand_check.csv")
+    write_hand_check(scored, rows, args.out)
     print(f"wrote {args.out}")
     return 0
 
