@@ -13,12 +13,13 @@ but never reads across a long one. Joining everything within 2 s, as Whisper's o
 run one sentence into the next and loop ("kids are talking" written 22 times for 7 sayings). Every
 Whisper input costs a full 30 s encoder window, so consecutive groups are *packed* into one input (each
 group's audio padded by ``INPUT_PAD_S``, ``PACK_GAP_S`` of digital silence between groups, at most
-``MAX_PACK_S`` in all) and each word is mapped back to the group it lies on. A group is decoded alone,
-as its own input, when the packed decode gave it no words, a word of the input cannot be told to be
-its or a neighbour's (it lies on the silence between them or on both), or its text is one the audio
+``MAX_PACK_S`` in all) and each word is mapped back to the group it lies on. Every group of a pack is
+decoded alone, as its own input, when a word of the packed decode cannot be told to be one group's or
+its neighbour's (it lies on the silence between them or on both) or a group's text is one the audio
 cannot hold (too many words per voiced second, a phrase repeated back to back, a high compression
-ratio). A group whose own text still fails is decoded again with Whisper's temperature fallback under
-a fixed seed, and flagged.
+ratio); a group the packed decode left without words, or with fewer than ``MIN_PACKED_WORDS_PER_S`` per
+voiced second, is decoded alone. A group whose own text fails is decoded again with Whisper's
+temperature fallback under a fixed seed, and flagged.
 
 Whisper's word timings stretch over pauses: the last word before a silence often ends, and the first
 word after it often starts, in the middle of the silence. Each word is trimmed to the voiced audio
@@ -49,6 +50,9 @@ MAX_PACK_S = MAX_INPUT_S + 2 * INPUT_PAD_S  # a packed input is never longer tha
 # sentences; 0.7 s let it run one into the next ("now, said white" for "now. Set white": 16 of 16 GRID
 # sentences on the benchmark session, 2 of 16 at 2 s, none at 3 s).
 PACK_GAP_S = 3.0
+# In a packed input Whisper sometimes writes only part of a group ("dogs are" for a RAVDESS sentence of 6
+# words in 1.7 s); a group's share with fewer words per voiced second is decoded alone instead.
+MIN_PACKED_WORDS_PER_S = 2.0
 _FRAME_SAMPLES = round(FRAME_S * SAMPLE_RATE)  # groups start on encoder frame edges in a packed input
 MAX_WORDS_PER_S = 6.0  # fast speech reaches ~5 words per voiced second; more is text the audio cannot hold
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop
@@ -187,8 +191,10 @@ class Transcriber:
 
     def _transcribe_pack(self, audio: np.ndarray, offset_s: float, pack: Sequence[Piece], voiced: np.ndarray
                          ) -> list[Segment | None]:
-        """Decode the pack's groups as one input; a group whose share of it cannot be trusted (no words, a
-        word on the silence next to it or on it and a neighbour, implausible text) is decoded alone."""
+        """Decode the pack's groups as one input. A decode that went wrong anywhere (a word on the silence
+        between groups or on two of them, a group's text the audio cannot hold) is not trusted for any
+        group: a loop over one group is the decoder derailed for the whole input (RAVDESS's repeated
+        sentence looped over six). Every group is then decoded alone, as is one the decode gave (almost) nothing."""
         if len(pack) == 1:
             return [self._transcribe_alone(audio, offset_s, pack[0], voiced)]
         packed = np.zeros(pack[-1].at + pack[-1].b - pack[-1].a, np.float32)
@@ -196,14 +202,16 @@ class Transcriber:
             packed[piece.at: piece.at + piece.b - piece.a] = audio[piece.a: piece.b]
         segments = self._decode(packed, fallback=False)
         encoder = self._encoded[0] if self._encoded else None
-        shares, untrusted = _shares(segments, pack)
+        shares = _shares(segments, pack)
+        if shares is None or any(implausible("".join(w.word for _, w, _ in share), piece.group.voiced_s)
+                            for piece, share in zip(pack, shares)):
+            return [self._transcribe_alone(audio, offset_s, piece, voiced) for piece in pack]
         out = []
-        for k, (piece, share) in enumerate(zip(pack, shares)):
-            text = "".join(w.word for _, w, _ in share)
-            if k in untrusted or not share or implausible(text, piece.group.voiced_s):
-                out.append(self._transcribe_alone(audio, offset_s, piece, voiced))
-            else:
-                out.append(_segment(share, piece, offset_s, voiced, [], encoder))
+        for piece, share in zip(pack, shares):
+            segment = _segment(share, piece, offset_s, voiced, [], encoder)
+            if segment is None or len(segment.words) < MIN_PACKED_WORDS_PER_S * piece.group.voiced_s:
+                segment = self._transcribe_alone(audio, offset_s, piece, voiced)
+            out.append(segment)
         return out
 
     def _transcribe_alone(self, audio: np.ndarray, offset_s: float, piece: Piece, voiced: np.ndarray
@@ -272,24 +280,18 @@ def packs(pieces: Sequence[Piece], max_s: float = MAX_PACK_S, gap_s: float = PAC
     return out
 
 
-def _shares(segments: Sequence[Any], pack: Sequence[Piece]) -> tuple[list[_Share], set[int]]:
-    """The words of a packed decode, each with the piece it lies on; and the pieces that cannot be trusted:
-    both neighbours of a word on the silence between them, or every piece a word lies on when it is more
-    than one (Whisper ran one group's text into the next)."""
+def _shares(segments: Sequence[Any], pack: Sequence[Piece]) -> list[_Share] | None:
+    """The words of a packed decode, each with the piece it lies on; None when a word lies on the silence
+    between pieces or on more than one (either could be its group)."""
     spans = [p.packed_span for p in pack]
     shares: list[_Share] = [[] for _ in pack]
-    untrusted: set[int] = set()
     for s in segments:
         for i, w in enumerate(s.words or []):
             hits = [k for k, (a, b) in enumerate(spans) if w.start <= b and w.end >= a]
-            if len(hits) == 1:
-                shares[hits[0]].append((s, w, i == 0 or not shares[hits[0]]))
-            elif hits:
-                untrusted.update(hits)
-            else:
-                after = sum(a <= w.start for a, _ in spans)  # the word lies between piece after-1 and after
-                untrusted.update(k for k in (after - 1, after) if 0 <= k < len(pack))
-    return shares, untrusted
+            if len(hits) != 1:
+                return None
+            shares[hits[0]].append((s, w, i == 0 or not shares[hits[0]]))
+    return shares
 
 
 def _segment(share: _Share, piece: Piece, offset_s: float, voiced: np.ndarray, flags: list[str],

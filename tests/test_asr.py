@@ -188,7 +188,8 @@ def test_groups_share_one_input_but_keep_their_own_words_and_frames(grid_dir):
 
 
 def test_a_packed_group_it_cannot_be_sure_of_is_decoded_alone(transcriber, grid_dir, monkeypatch):
-    # a word on the silence between the two packed groups could be either's: both are decoded alone
+    # a word on the silence between the two packed groups could be either's: the packed decode is not
+    # trusted, every group is decoded alone
     audio, speech = _two_sentences(grid_dir)
     (first, second), = packs(padded_pieces(speech_groups(speech, PAUSE_S, 28.0), 0.0, len(audio)))
     decode, inputs = transcriber._decode, []
@@ -226,14 +227,13 @@ def test_words_of_a_packed_decode_go_to_the_group_they_lie_on():
     pack = [Piece(Group(0.0, 2.0, ((0.0, 2.0),)), 0, 32_000, 0), Piece(Group(5.0, 7.0, ((5.0, 7.0),)), 80_000, 112_000, 43_200)]
     words = [Word(0.1, 0.5, " a", 0.9), Word(1.8, 2.3, " b", 0.9), Word(2.5, 3.1, " c", 0.9), Word(3.2, 3.5, " d", 0.9)]
     segments = [SimpleNamespace(words=words[:2]), SimpleNamespace(words=words[2:])]
-    shares, untrusted = _shares(segments, pack)
+    shares = _shares(segments, pack)
     # "b" ends in the silence after the first group and is its; "c" starts in the silence before the second
     assert [[w.word for _, w, _ in share] for share in shares] == [[" a", " b"], [" c", " d"]]
     assert [[first for _, _, first in share] for share in shares] == [[True, False], [True, False]]
-    assert untrusted == set()
-    # a word on the silence only, or over both groups, leaves both groups untrusted
-    assert _shares([SimpleNamespace(words=[Word(2.2, 2.4, " x", 0.5)])], pack)[1] == {0, 1}
-    assert _shares([SimpleNamespace(words=[Word(1.5, 3.0, " x", 0.5)])], pack)[1] == {0, 1}
+    # a word on the silence only, or over both groups, could be either group's
+    assert _shares([SimpleNamespace(words=[Word(2.2, 2.4, " x", 0.5)])], pack) is None
+    assert _shares([SimpleNamespace(words=[Word(1.5, 3.0, " x", 0.5)])], pack) is None
 
 
 def test_transcribes_only_the_speech_it_is_given(transcriber, grid_dir):
