@@ -194,7 +194,8 @@ class Transcriber:
         """Decode the pack's groups as one input. A decode that went wrong anywhere (a word on the silence
         between groups or on two of them, a group's text the audio cannot hold) is not trusted for any
         group: a loop over one group is the decoder derailed for the whole input (RAVDESS's repeated
-        sentence looped over six). Every group is then decoded alone, as is one the decode gave (almost) nothing."""
+        sentence looped over six). Every group is then decoded alone, as is one the decode gave (almost)
+        nothing."""
         if len(pack) == 1:
             return [self._transcribe_alone(audio, offset_s, pack[0], voiced)]
         packed = np.zeros(pack[-1].at + pack[-1].b - pack[-1].a, np.float32)
@@ -204,7 +205,7 @@ class Transcriber:
         encoder = self._encoded[0] if self._encoded else None
         shares = _shares(segments, pack)
         if shares is None or any(implausible("".join(w.word for _, w, _ in share), piece.group.voiced_s)
-                            for piece, share in zip(pack, shares)):
+                                 for piece, share in zip(pack, shares)):
             return [self._transcribe_alone(audio, offset_s, piece, voiced) for piece in pack]
         out = []
         for piece, share in zip(pack, shares):

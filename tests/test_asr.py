@@ -187,23 +187,28 @@ def test_groups_share_one_input_but_keep_their_own_words_and_frames(grid_dir):
             pool_encoder_frames(frames, [where_packed]))
 
 
-def test_a_packed_group_it_cannot_be_sure_of_is_decoded_alone(transcriber, grid_dir, monkeypatch):
-    # a word on the silence between the two packed groups could be either's: the packed decode is not
-    # trusted, every group is decoded alone
+@pytest.mark.parametrize("what", ["a word on the silence between groups", "a loop over the first group"])
+def test_a_packed_decode_it_cannot_be_sure_of_is_decoded_group_by_group(transcriber, grid_dir, monkeypatch, what):
+    # a word on the silence between the two packed groups could be either's, and a loop over one group is
+    # the decoder derailed: the packed decode is trusted for no group, each is decoded alone
     audio, speech = _two_sentences(grid_dir)
     (first, second), = packs(padded_pieces(speech_groups(speech, PAUSE_S, 28.0), 0.0, len(audio)))
     decode, inputs = transcriber._decode, []
 
-    def with_a_word_in_the_gap(piece, fallback):
+    def derailed(piece, fallback):
         inputs.append(len(piece))
         segments = decode(piece, fallback)
         if len(inputs) == 1:
-            gap = (first.packed_span[1] + second.packed_span[0]) / 2
-            segments.append(SimpleNamespace(text=" the", avg_logprob=-0.5, no_speech_prob=0.1,
-                                            words=[Word(gap, gap + 0.2, " the", 0.5)]))
+            if what.startswith("a word"):
+                t = (first.packed_span[1] + second.packed_span[0]) / 2
+                words = [Word(t, t + 0.2, " the", 0.5)]
+            else:
+                words = [Word(0.5 + k * 0.02, 0.51 + k * 0.02, " the", 0.5) for k in range(40)]
+            segments.append(SimpleNamespace(text="".join(w.word for w in words), avg_logprob=-0.5,
+                                            no_speech_prob=0.1, words=words))
         return segments
 
-    monkeypatch.setattr(transcriber, "_decode", with_a_word_in_the_gap)
+    monkeypatch.setattr(transcriber, "_decode", derailed)
     alone = transcriber.transcribe(audio, speech=speech)
     assert len(inputs) == 3 and inputs[1] < inputs[0] and inputs[2] < inputs[0]
     assert len(alone) == 2 and all(wer(grid_sentence("swwp2s"), normalise(s.text)) <= 0.5 for s in alone)
