@@ -8,12 +8,18 @@ Where the speech is comes from the caller: the pipeline passes the regions the s
 segmentation model found (:mod:`models.segmentation`); Silero (Whisper's own filter) is used only when
 no regions are given, since it misses shouted and fearful speech, the client's most emotional moments.
 
-Regions closer than ``max_pause_s`` form one Whisper input (a *group*, padded by ``INPUT_PAD_S``): the
-decoder keeps its context over short pauses but never reads across a long one. Joining everything
-within 2 s, as Whisper's own filter does, let it run one sentence into the next and loop ("kids are
-talking" written 22 times for 7 sayings). A group whose text the audio cannot hold (too many words per
-voiced second, a phrase repeated back to back, a high compression ratio) is decoded again with
-Whisper's temperature fallback under a fixed seed, and flagged.
+Regions closer than ``max_pause_s`` form a *group*: the decoder keeps its context over short pauses
+but never reads across a long one. Joining everything within 2 s, as Whisper's own filter does, let it
+run one sentence into the next and loop ("kids are talking" written 22 times for 7 sayings). Every
+Whisper input costs a full 30 s encoder window, so consecutive groups are *packed* into one input (each
+group's audio padded by ``INPUT_PAD_S``, ``PACK_GAP_S`` of digital silence between groups, at most
+``MAX_PACK_S`` in all) and each word is mapped back to the group it lies on. Every group of a pack is
+decoded alone, as its own input, when a word of the packed decode cannot be told to be one group's or
+its neighbour's (it lies on the silence between them or on both) or a group's text is one the audio
+cannot hold (too many words per voiced second, a phrase repeated back to back, a high compression
+ratio); a group the packed decode left without words, or with fewer than ``MIN_PACKED_WORDS_PER_S`` per
+voiced second, is decoded alone. A group whose own text fails is decoded again with Whisper's
+temperature fallback under a fixed seed, and flagged.
 
 Whisper's word timings stretch over pauses: the last word before a silence often ends, and the first
 word after it often starts, in the middle of the silence. Each word is trimmed to the voiced audio
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import ctranslate2
@@ -35,10 +41,19 @@ from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from models.registry import ResolvedModel
-from models.whisper_voice import INPUT_PAD_S  # the voice features pool this very input's encoder
+from models.whisper_voice import FRAME_S, INPUT_PAD_S  # the voice features pool this very input's encoder
 
 SAMPLE_RATE = 16_000
 MAX_INPUT_S = 28.0  # a group fits one 30 s Whisper window with its padding
+MAX_PACK_S = MAX_INPUT_S + 2 * INPUT_PAD_S  # a packed input is never longer than the longest single group's
+# Silence between two packed groups' padded audio. Whisper reads groups this far apart as separate
+# sentences; 0.7 s let it run one into the next ("now, said white" for "now. Set white": 16 of 16 GRID
+# sentences on the benchmark session, 2 of 16 at 2 s, none at 3 s).
+PACK_GAP_S = 3.0
+# In a packed input Whisper sometimes writes only part of a group ("dogs are" for a RAVDESS sentence of 6
+# words in 1.7 s); a group's share with fewer words per voiced second is decoded alone instead.
+MIN_PACKED_WORDS_PER_S = 2.0
+_FRAME_SAMPLES = round(FRAME_S * SAMPLE_RATE)  # groups start on encoder frame edges in a packed input
 MAX_WORDS_PER_S = 6.0  # fast speech reaches ~5 words per voiced second; more is text the audio cannot hold
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop
 MAX_REPEATS = 3  # a phrase said this many times back to back is a decoding loop
@@ -67,6 +82,8 @@ class Segment:
     flags: tuple[str, ...] = ()  # what the decoder needed: "redecoded", "implausible_text", ...
     # The encoder output of the Whisper input this segment came from (frames × d, one frame per
     # ``models.whisper_voice.FRAME_S`` from ``encoder_start``); only kept when the Transcriber is asked to.
+    # A packed input is shared by several segments: each one's ``encoder_start`` maps its own span onto
+    # its own frames (times outside it index other groups' audio).
     encoder: np.ndarray | None = field(default=None, repr=False, compare=False)
     encoder_start: float = 0.0
 
@@ -89,6 +106,22 @@ class Group:
     @property
     def voiced_s(self) -> float:
         return sum(e - s for s, e in self.regions)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A group's padded audio, samples ``[a, b)`` of the transcribed audio, placed at sample ``at`` of a
+    packed Whisper input."""
+
+    group: Group
+    a: int
+    b: int
+    at: int = 0
+
+    @property
+    def packed_span(self) -> tuple[float, float]:
+        """Seconds from the packed input's start."""
+        return self.at / SAMPLE_RATE, (self.at + self.b - self.a) / SAMPLE_RATE
 
 
 class Transcriber:
@@ -118,7 +151,7 @@ class Transcriber:
     def _capturing(self, encode: Callable[[np.ndarray], ctranslate2.StorageView]
                    ) -> Callable[[np.ndarray], ctranslate2.StorageView]:
         """``WhisperModel.encode`` that also keeps the first window's output of each input: an input is
-        at most ``MAX_INPUT_S`` long, so that window holds all of it, and the voice channel reuses it
+        at most ``MAX_PACK_S`` long, so that window holds all of it, and the voice channel reuses it
         instead of encoding the audio a second time."""
 
         def encode_and_keep(features: np.ndarray) -> ctranslate2.StorageView:
@@ -141,8 +174,9 @@ class Transcriber:
         """One segment per speech group (regions at most ``max_pause_s`` apart), in time order.
 
         ``speech``: where people speak, (start, end) in seconds shifted by ``offset_s``; only that audio
-        is transcribed, each group as its own Whisper input, so the decoder never carries text across a
-        long pause. None: Silero voice activity (Whisper's own filter) decides.
+        is transcribed, consecutive groups packed into one Whisper input with silence between them (a
+        group is decoded alone where its share of the packed result cannot be trusted), so the decoder
+        never carries text across a long pause. None: Silero voice activity (Whisper's own filter) decides.
         """
         if audio.size < 1600:  # under 0.1 s: nothing a model can transcribe
             return []
@@ -151,50 +185,50 @@ class Transcriber:
             speech = [(t["start"] / SAMPLE_RATE + offset_s, t["end"] / SAMPLE_RATE + offset_s)
                       for t in get_speech_timestamps(audio, VadOptions())]
         voiced = voiced_frames(audio)
-        groups = speech_groups(speech, max_pause_s, MAX_INPUT_S)
+        pieces = padded_pieces(speech_groups(speech, max_pause_s, MAX_INPUT_S), offset_s, len(audio))
+        segments = [s for pack in packs(pieces) for s in self._transcribe_pack(audio, offset_s, pack, voiced)]
+        return [s for s in segments if s is not None]
+
+    def _transcribe_pack(self, audio: np.ndarray, offset_s: float, pack: Sequence[Piece], voiced: np.ndarray
+                         ) -> list[Segment | None]:
+        """Decode the pack's groups as one input. A decode that went wrong anywhere (a word on the silence
+        between groups or on two of them, a group's text the audio cannot hold) is not trusted for any
+        group: a loop over one group is the decoder derailed for the whole input (RAVDESS's repeated
+        sentence looped over six). Every group is then decoded alone, as is one the decode gave (almost)
+        nothing."""
+        if len(pack) == 1:
+            return [self._transcribe_alone(audio, offset_s, pack[0], voiced)]
+        packed = np.zeros(pack[-1].at + pack[-1].b - pack[-1].a, np.float32)
+        for piece in pack:
+            packed[piece.at: piece.at + piece.b - piece.a] = audio[piece.a: piece.b]
+        segments = self._decode(packed, fallback=False)
+        encoder = self._encoded[0] if self._encoded else None
+        shares = _shares(segments, pack)
+        if shares is None or any(implausible("".join(w.word for _, w, _ in share), piece.group.voiced_s)
+                                 for piece, share in zip(pack, shares)):
+            return [self._transcribe_alone(audio, offset_s, piece, voiced) for piece in pack]
         out = []
-        for i, group in enumerate(groups):
-            lo = groups[i - 1].end if i else -np.inf
-            hi = groups[i + 1].start if i + 1 < len(groups) else np.inf
-            segment = self._transcribe_group(audio, offset_s, group, voiced, lo, hi)
-            if segment is not None:
-                out.append(segment)
+        for piece, share in zip(pack, shares):
+            segment = _segment(share, piece, offset_s, voiced, [], encoder)
+            if segment is None or len(segment.words) < MIN_PACKED_WORDS_PER_S * piece.group.voiced_s:
+                segment = self._transcribe_alone(audio, offset_s, piece, voiced)
+            out.append(segment)
         return out
 
-    def _transcribe_group(self, audio: np.ndarray, offset_s: float, group: Group, voiced: np.ndarray,
-                          previous_end: float, next_start: float) -> Segment | None:
-        """Decode one group, padded by up to ``INPUT_PAD_S`` (never past half the gap to its neighbours);
-        a transcript the audio cannot hold is decoded again with seeded temperature fallback."""
-        first = max(group.start - INPUT_PAD_S, (previous_end + group.start) / 2, offset_s)
-        last = min(group.end + INPUT_PAD_S, (group.end + next_start) / 2, offset_s + len(audio) / SAMPLE_RATE)
-        a, b = round((first - offset_s) * SAMPLE_RATE), round((last - offset_s) * SAMPLE_RATE)
-        if b - a < 1600:
-            return None
-        piece, piece_start = audio[a:b], offset_s + a / SAMPLE_RATE
-        segments = self._decode(piece, fallback=False)
+    def _transcribe_alone(self, audio: np.ndarray, offset_s: float, piece: Piece, voiced: np.ndarray
+                          ) -> Segment | None:
+        """Decode one group as its own input; a transcript the audio cannot hold is decoded again with
+        seeded temperature fallback."""
+        piece = replace(piece, at=0)
+        segments = self._decode(audio[piece.a: piece.b], fallback=False)
         flags: list[str] = []
-        if implausible(_text(segments), group.voiced_s):
-            segments = self._decode(piece, fallback=True)
+        if implausible(_text(segments), piece.group.voiced_s):
+            segments = self._decode(audio[piece.a: piece.b], fallback=True)
             flags.append("redecoded")
-            if implausible(_text(segments), group.voiced_s):
+            if implausible(_text(segments), piece.group.voiced_s):
                 flags.append("implausible_text")
-        words, dropped = _words_in_speech(segments, piece_start, offset_s, voiced, group)
-        if dropped:
-            flags.append("words_outside_speech_dropped")
-        if not words:
-            return None
-        logprobs = [s.avg_logprob for s in segments]
-        return Segment(
-            start=words[0].start,
-            end=words[-1].end,
-            text=words_text(words),
-            avg_logprob=float(np.mean(logprobs)),
-            no_speech_prob=float(np.mean([s.no_speech_prob for s in segments])),
-            words=tuple(words),
-            flags=tuple(flags),
-            encoder=self._encoded[0] if self._encoded else None,
-            encoder_start=piece_start,
-        )
+        share = [(s, w, i == 0) for s in segments for i, w in enumerate(s.words or [])]
+        return _segment(share, piece, offset_s, voiced, flags, self._encoded[0] if self._encoded else None)
 
     def _decode(self, audio: np.ndarray, fallback: bool) -> list[Any]:
         """Whisper's segments for one input. Greedy-repeatable by default; with ``fallback`` the
@@ -210,6 +244,83 @@ class Transcriber:
         return list(segments)  # decoding runs here (the generator is lazy), filling self._encoded
 
 
+# A word of a decode: its Whisper segment, the word, and whether it is the first of its segment or of its
+# group's share (the word whose start Whisper pulls early into the silence before it).
+_Share = list[tuple[Any, Any, bool]]
+
+
+def padded_pieces(groups: Sequence[Group], offset_s: float, n_samples: int) -> list[Piece]:
+    """Each group's audio, padded by up to ``INPUT_PAD_S`` (never past half the gap to its neighbours, nor
+    the audio's ends); groups under 0.1 s of audio are left out."""
+    pieces = []
+    for i, group in enumerate(groups):
+        previous_end = groups[i - 1].end if i else -np.inf
+        next_start = groups[i + 1].start if i + 1 < len(groups) else np.inf
+        first = max(group.start - INPUT_PAD_S, (previous_end + group.start) / 2, offset_s)
+        last = min(group.end + INPUT_PAD_S, (group.end + next_start) / 2, offset_s + n_samples / SAMPLE_RATE)
+        a, b = round((first - offset_s) * SAMPLE_RATE), round((last - offset_s) * SAMPLE_RATE)
+        if b - a >= 1600:
+            pieces.append(Piece(group, a, b))
+    return pieces
+
+
+def packs(pieces: Sequence[Piece], max_s: float = MAX_PACK_S, gap_s: float = PACK_GAP_S) -> list[list[Piece]]:
+    """Consecutive pieces packed into inputs of at most ``max_s``, each placed ``gap_s`` after the one
+    before, on an encoder frame edge (so its frames are those of the source times its words map to); a
+    piece that would not fit starts the next input."""
+    out: list[list[Piece]] = []
+    end = 0
+    for piece in pieces:
+        at = -(-(end + round(gap_s * SAMPLE_RATE)) // _FRAME_SAMPLES) * _FRAME_SAMPLES
+        if out and at + piece.b - piece.a <= max_s * SAMPLE_RATE:
+            out[-1].append(replace(piece, at=at))
+        else:
+            at = 0
+            out.append([replace(piece, at=0)])
+        end = at + piece.b - piece.a
+    return out
+
+
+def _shares(segments: Sequence[Any], pack: Sequence[Piece]) -> list[_Share] | None:
+    """The words of a packed decode, each with the piece it lies on; None when a word lies on the silence
+    between pieces or on more than one (either could be its group)."""
+    spans = [p.packed_span for p in pack]
+    shares: list[_Share] = [[] for _ in pack]
+    for s in segments:
+        for i, w in enumerate(s.words or []):
+            hits = [k for k, (a, b) in enumerate(spans) if w.start <= b and w.end >= a]
+            if len(hits) != 1:
+                return None
+            shares[hits[0]].append((s, w, i == 0 or not shares[hits[0]]))
+    return shares
+
+
+def _segment(share: _Share, piece: Piece, offset_s: float, voiced: np.ndarray, flags: list[str],
+             encoder: np.ndarray | None) -> Segment | None:
+    """The group's segment from its share of a decode; None when no word lies on its speech.
+
+    ``encoder_start`` is the session time of the input's first frame as this group's audio maps to it
+    (the group's own start less where it was packed), so its words' times index their own frames."""
+    input_start = offset_s + (piece.a - piece.at) / SAMPLE_RATE
+    words, dropped = _words_in_speech(share, piece, input_start, offset_s, voiced)
+    if dropped:
+        flags = [*flags, "words_outside_speech_dropped"]
+    if not words:
+        return None
+    segments = list({id(s): s for s, _, _ in share}.values())  # the Whisper segments behind its words
+    return Segment(
+        start=words[0].start,
+        end=words[-1].end,
+        text=words_text(words),
+        avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
+        no_speech_prob=float(np.mean([s.no_speech_prob for s in segments])),
+        words=tuple(words),
+        flags=tuple(flags),
+        encoder=encoder,
+        encoder_start=input_start,
+    )
+
+
 def _text(segments: Sequence[Any]) -> str:
     return " ".join(s.text.strip() for s in segments)
 
@@ -219,22 +330,24 @@ def words_text(words: Sequence[Word]) -> str:
     return " ".join("".join(w.word for w in words).split())
 
 
-def _words_in_speech(segments: Sequence[Any], input_start: float, offset_s: float, voiced: np.ndarray,
-                     group: Group) -> tuple[list[Word], int]:
-    """The words in session seconds, each trimmed to the voiced audio inside it and clipped to the speech
-    region it overlaps most; words that overlap no region (Whisper wrote them over silence) are dropped.
-    Returns the words and how many were dropped."""
+def _words_in_speech(share: _Share, piece: Piece, input_start: float, offset_s: float, voiced: np.ndarray
+                     ) -> tuple[list[Word], int]:
+    """The words in session seconds, each cut to its group's audio (a packed word may reach into the
+    silence after it), trimmed to the voiced audio inside it and clipped to the speech region it overlaps
+    most; words that overlap no region (Whisper wrote them over silence) are dropped. Returns the words
+    and how many were dropped."""
+    lo, hi = offset_s + piece.a / SAMPLE_RATE, offset_s + piece.b / SAMPLE_RATE
+    regions = piece.group.regions
     kept: list[Word] = []
     dropped = 0
-    for s in segments:
-        for i, w in enumerate(s.words or []):
-            a, b = (t + input_start - offset_s for t in (w.start, w.end))
-            a, b = (t + offset_s for t in trim_to_voice(a, b, voiced, first_in_segment=i == 0))
-            region = max(group.regions, key=lambda r: min(b, r[1]) - max(a, r[0]))
-            if min(b, region[1]) - max(a, region[0]) <= 0:
-                dropped += 1
-                continue
-            kept.append(Word(max(a, region[0]), min(b, region[1]), w.word, w.probability))
+    for _, w, first in share:
+        a, b = (min(max(t + input_start, lo), hi) - offset_s for t in (w.start, w.end))
+        a, b = (t + offset_s for t in trim_to_voice(a, b, voiced, first_in_segment=first))
+        region = max(regions, key=lambda r: min(b, r[1]) - max(a, r[0]))
+        if min(b, region[1]) - max(a, region[0]) <= 0:
+            dropped += 1
+            continue
+        kept.append(Word(max(a, region[0]), min(b, region[1]), w.word, w.probability))
     return kept, dropped
 
 

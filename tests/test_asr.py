@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import data_path
 
-from models.asr import HOP_S, Transcriber, implausible, longest_repeat, speech_groups, trim_to_voice, voiced_frames
+from models.asr import (
+    HOP_S,
+    MAX_PACK_S,
+    PACK_GAP_S,
+    Group,
+    Piece,
+    Transcriber,
+    Word,
+    _shares,
+    implausible,
+    longest_repeat,
+    padded_pieces,
+    packs,
+    speech_groups,
+    trim_to_voice,
+    voiced_frames,
+)
 from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
+from models.whisper_voice import FRAME_S, encoder_frames, pool_encoder_frames
 from ray_jobs.config import UtterancesConfig
 from ray_jobs.media import load_audio
 from ray_jobs.textnorm import grid_sentence, normalise, wer
@@ -133,18 +152,93 @@ def test_text_the_audio_cannot_hold_is_implausible():
     assert not implausible("no no I said the door", voiced_s=2.0) and longest_repeat("a b a b".split()) == 2
 
 
-def test_each_group_is_decoded_on_its_own(transcriber, grid_dir):
-    # two GRID sentences 1.5 s apart: two inputs, two segments, no word across the silence between them
+def _two_sentences(grid_dir):
+    """Two GRID sentences 1.5 s apart (two groups) and where their speech is."""
     one = load_audio(grid_dir / "id2_vcd_swwp2s.mpg")[int(0.3 * 16000): int(2.4 * 16000)]
-    gap = np.zeros(int(1.5 * 16000), np.float32)
-    audio = np.concatenate([one, gap, one])
     second = len(one) / 16000 + 1.5
-    speech = [(0.19, 1.91), (second + 0.19, second + 1.91)]
+    audio = np.concatenate([one, np.zeros(int(1.5 * 16000), np.float32), one])
+    return audio, [(0.19, 1.91), (second + 0.19, second + 1.91)]
+
+
+def test_groups_share_one_input_but_keep_their_own_words_and_frames(grid_dir):
+    # two groups: one packed Whisper input, two segments, no word across the silence between them
+    transcriber = _Transcriber(resolve("asr"), compute_type="int8", cpu_threads=2, keep_encoder=True)
+    audio, speech = _two_sentences(grid_dir)
     segments = transcriber.transcribe(audio, speech=speech)
     assert len(segments) == 2
-    assert segments[0].end <= 1.91 + 1e-6 and segments[1].start >= second + 0.19 - 1e-6
+    assert segments[0].end <= speech[0][1] + 1e-6 and segments[1].start >= speech[1][0] - 1e-6
     for seg in segments:
         assert wer(grid_sentence("swwp2s"), normalise(seg.text)) <= 0.5, seg.text
+    # both segments pool the packed input's encoder output, each through its own start: the frames under a
+    # segment are those of its own audio where it was packed (each group padded, silence between)
+    assert segments[0].encoder is segments[1].encoder
+    (layout,) = packs(padded_pieces(speech_groups(speech, PAUSE_S, 28.0), 0.0, len(audio)))
+    packed = np.zeros(layout[-1].at + layout[-1].b - layout[-1].a, np.float32)
+    for p in layout:
+        packed[p.at: p.at + p.b - p.a] = audio[p.a: p.b]
+    frames = encoder_frames(transcriber._model, packed)
+    np.testing.assert_array_equal(segments[0].encoder, frames)
+    for seg, p in zip(segments, layout):
+        assert seg.encoder_start == pytest.approx((p.a - p.at) / 16000)
+        where_packed = (seg.start - (p.a - p.at) / 16000, seg.end - (p.a - p.at) / 16000)
+        assert p.at / 16000 <= where_packed[0] < where_packed[1] <= (p.at + p.b - p.a) / 16000
+        np.testing.assert_array_equal(
+            pool_encoder_frames(seg.encoder, [(seg.start - seg.encoder_start, seg.end - seg.encoder_start)]),
+            pool_encoder_frames(frames, [where_packed]))
+
+
+@pytest.mark.parametrize("what", ["a word on the silence between groups", "a loop over the first group"])
+def test_a_packed_decode_it_cannot_be_sure_of_is_decoded_group_by_group(transcriber, grid_dir, monkeypatch, what):
+    # a word on the silence between the two packed groups could be either's, and a loop over one group is
+    # the decoder derailed: the packed decode is trusted for no group, each is decoded alone
+    audio, speech = _two_sentences(grid_dir)
+    (first, second), = packs(padded_pieces(speech_groups(speech, PAUSE_S, 28.0), 0.0, len(audio)))
+    decode, inputs = transcriber._decode, []
+
+    def derailed(piece, fallback):
+        inputs.append(len(piece))
+        segments = decode(piece, fallback)
+        if len(inputs) == 1:
+            if what.startswith("a word"):
+                t = (first.packed_span[1] + second.packed_span[0]) / 2
+                words = [Word(t, t + 0.2, " the", 0.5)]
+            else:
+                words = [Word(0.5 + k * 0.02, 0.51 + k * 0.02, " the", 0.5) for k in range(40)]
+            segments.append(SimpleNamespace(text="".join(w.word for w in words), avg_logprob=-0.5,
+                                            no_speech_prob=0.1, words=words))
+        return segments
+
+    monkeypatch.setattr(transcriber, "_decode", derailed)
+    alone = transcriber.transcribe(audio, speech=speech)
+    assert len(inputs) == 3 and inputs[1] < inputs[0] and inputs[2] < inputs[0]
+    assert len(alone) == 2 and all(wer(grid_sentence("swwp2s"), normalise(s.text)) <= 0.5 for s in alone)
+
+
+def test_pieces_are_packed_on_frame_edges_with_silence_between_and_never_past_the_limit():
+    pieces = [Piece(Group(0.0, 2.0, ((0.0, 2.0),)), k * 64_000, k * 64_000 + 40_001) for k in range(20)]
+    layout = packs(pieces)
+    assert [p.a for pack in layout for p in pack] == [p.a for p in pieces]  # every piece once, in order
+    for pack in layout:
+        assert pack[0].at == 0 and (pack[-1].at + pack[-1].b - pack[-1].a) / 16000 <= MAX_PACK_S
+        for before, after in zip(pack, pack[1:]):
+            assert after.at % round(FRAME_S * 16000) == 0
+            assert PACK_GAP_S <= after.packed_span[0] - before.packed_span[1] < PACK_GAP_S + FRAME_S
+    assert len(layout) == 4  # 2.5 s pieces, 3 s apart: 5 in 28.8 s
+    # a piece too long to share an input has one of its own
+    assert [len(p) for p in packs([pieces[0], Piece(pieces[0].group, 0, 28 * 16000), pieces[1]])] == [1, 1, 1]
+
+
+def test_words_of_a_packed_decode_go_to_the_group_they_lie_on():
+    pack = [Piece(Group(0.0, 2.0, ((0.0, 2.0),)), 0, 32_000, 0), Piece(Group(5.0, 7.0, ((5.0, 7.0),)), 80_000, 112_000, 43_200)]
+    words = [Word(0.1, 0.5, " a", 0.9), Word(1.8, 2.3, " b", 0.9), Word(2.5, 3.1, " c", 0.9), Word(3.2, 3.5, " d", 0.9)]
+    segments = [SimpleNamespace(words=words[:2]), SimpleNamespace(words=words[2:])]
+    shares = _shares(segments, pack)
+    # "b" ends in the silence after the first group and is its; "c" starts in the silence before the second
+    assert [[w.word for _, w, _ in share] for share in shares] == [[" a", " b"], [" c", " d"]]
+    assert [[first for _, _, first in share] for share in shares] == [[True, False], [True, False]]
+    # a word on the silence only, or over both groups, could be either group's
+    assert _shares([SimpleNamespace(words=[Word(2.2, 2.4, " x", 0.5)])], pack) is None
+    assert _shares([SimpleNamespace(words=[Word(1.5, 3.0, " x", 0.5)])], pack) is None
 
 
 def test_transcribes_only_the_speech_it_is_given(transcriber, grid_dir):
