@@ -19,7 +19,7 @@ import av
 import cv2
 import numpy as np
 
-from ray_jobs.media import SAMPLE_RATE, iter_chunks
+from emoguide.dataio.media import SAMPLE_RATE, iter_chunks
 
 FPS = 25
 

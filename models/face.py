@@ -16,7 +16,7 @@ of frames (N × H × W × 3 uint8 RGB) and returns numpy arrays / dataclasses, s
 * Every emotion model reports the canonical 8-class order of :mod:`models.emotion` plus valence/arousal.
 * Every face (not only the largest) also gets a mouth opening (:class:`MouthOpening`: MediaPipe Face Mesh
   landmarks run with LiteRT) and a colour signature (:func:`appearance`), from which the session
-  reducer tracks faces and tells whose face is whose (``ray_jobs/face_tracks.py``).
+  reducer tracks faces and tells whose face is whose (``emoguide/session/face_tracks.py``).
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ SPECS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             hub_repo="superb/hubert-large-superb-er",
         ),
-        # --- sentence embeddings for evaluation (owner: ray_jobs/judge.py) ---
+        # --- sentence embeddings for evaluation (owner: emoguide/evaluation/judge.py) ---
         ModelSpec(
             slot="embedding",
             name="all-minilm-l6-v2",
@@ -199,7 +199,7 @@ SPECS: dict[str, ModelSpec] = {
             hub_repo="pyannote/segmentation-3.0",
             hub_file="pytorch_model.bin",
         ),
-        # --- speaker embedding (owner: models/diarize.py) ---
+        # --- speaker embedding (owner: models/speakers/clustering.py) ---
         ModelSpec(
             slot="speaker_embedding",
             name="campplus-zh-en",

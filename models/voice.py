@@ -123,7 +123,7 @@ def egemaps_feature_names() -> tuple[str, ...]:
     return EgemapsExtractor().feature_names
 
 
-# Prosody keys (the ``prosody`` Parquet struct; the first eight are the names ray_jobs/tables.py declares)
+# Prosody keys (the ``prosody`` Parquet struct; the first eight are the names emoguide/dataio/tables.py declares)
 # → the eGeMAPS functional each one reads. ``f0_mean_hz`` is derived from ``f0_mean_semitones``.
 # ``speaking_rate`` is loudnessPeaksPerSec, eGeMAPS's pseudo-syllable rate (Eyben et al. 2016);
 # VoicedSegmentsPerSec counts voiced stretches, which merge syllables in fluent speech, so it is

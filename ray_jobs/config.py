@@ -124,7 +124,7 @@ class GenerationConfig:
 
 @dataclass
 class UtterancesConfig:
-    """Where utterances end (``ray_jobs/utterances.py``); face, voice and dissonance are per utterance."""
+    """Where utterances end (``emoguide/session/utterances.py``); face, voice and dissonance are per utterance."""
 
     max_pause_s: float = 0.8  # a longer pause between words ends an utterance (and a Whisper input)
     max_duration_s: float = 20.0  # a longer utterance is cut at its longest pause
@@ -152,7 +152,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
-    redact: bool = False  # replace names, places, numbers, e-mails in transcripts (ray_jobs/redact.py)
+    redact: bool = False  # replace names, places, numbers, e-mails in transcripts (emoguide/session/redact.py)
 
     def config_hash(self) -> str:
         """Fingerprint of every setting that changes the perception tables (resources excluded).

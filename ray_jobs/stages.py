@@ -18,8 +18,8 @@ import numpy as np
 
 from models.registry import resolve
 from ray_jobs.config import RunConfig
-from ray_jobs.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
-from ray_jobs.storage import StorageError, is_uri, localize
+from emoguide.dataio.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
+from emoguide.dataio.storage import StorageError, is_uri, localize
 
 _Call = TypeVar("_Call", bound=Callable[..., dict[str, Any]])
 
@@ -108,7 +108,7 @@ def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str,
 
 class AsrStage:
     """Transcribes the speech the speaker stage found in each chunk and cuts it into utterances
-    (``ray_jobs/utterances.py``); loads the Whisper model once per actor."""
+    (``emoguide/session/utterances.py``); loads the Whisper model once per actor."""
 
     def __init__(self, config: RunConfig) -> None:
         from models.asr import Transcriber
@@ -140,7 +140,7 @@ class AsrStage:
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from ray_jobs.utterances import split_segment
+        from emoguide.session.utterances import split_segment
 
         row = {**row, "segments": []}
         regions = row.pop("speech_regions", None)
@@ -208,7 +208,7 @@ class SpeakerStage:
     """
 
     def __init__(self, config: RunConfig) -> None:
-        from models.diarize import SpeakerEmbedder, cut_windows, region_windows
+        from models.speakers.clustering import SpeakerEmbedder, cut_windows, region_windows
         from models.segmentation import SpeechSegmenter
 
         c = config.speakers

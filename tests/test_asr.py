@@ -10,8 +10,8 @@ from models.asr import HOP_S, Transcriber, implausible, longest_repeat, speech_g
 from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
 from ray_jobs.config import UtterancesConfig
-from ray_jobs.media import load_audio
-from ray_jobs.textnorm import grid_sentence, normalise, wer
+from emoguide.dataio.media import load_audio
+from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 
 
 PAUSE_S = UtterancesConfig().max_pause_s

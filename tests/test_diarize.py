@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.diarize import (
+from models.speakers.clustering import (
     SpeakerEmbedder,
     assign_words,
     cluster_speakers,
@@ -237,7 +237,7 @@ def test_the_clustering_threshold_comes_from_the_config_when_given() -> None:
     # Another encoder than CAM++ needs its own threshold: speakers.distance_threshold reaches the
     # session's clustering. Two voices 0.9 apart in cosine distance: apart at CAM++'s 0.75, one at 1.2.
     from ray_jobs.config import load_config
-    from ray_jobs.reduce import diarize
+    from emoguide.session.reduce import diarize
 
     a, b = np.eye(4)[0], np.cos(np.arccos(0.1)) * np.eye(4)[0] + np.sin(np.arccos(0.1)) * np.eye(4)[1]
     rng = np.random.default_rng(0)

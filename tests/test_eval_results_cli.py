@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_jobs.cli import main
-from ray_jobs.tables import INTERVENTIONS, to_table, write_atomic
+from emoguide.dataio.tables import INTERVENTIONS, to_table, write_atomic
 
 CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_jobs.config import ConfigError, load_config
-from ray_jobs.inputs import InputError, collect_sessions, read_manifest
+from emoguide.dataio.inputs import InputError, collect_sessions, read_manifest
 
 
 def test_folder_manifest_and_duplicates(tmp_path):

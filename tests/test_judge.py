@@ -1,4 +1,4 @@
-"""ray_jobs.judge: strict parser, injection-proof prompts, judge runs (fake and real SmolLM2), reference metrics."""
+"""emoguide.evaluation.judge: strict parser, injection-proof prompts, judge runs (fake and real SmolLM2), reference metrics."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_jobs.judge import (
+from emoguide.evaluation.judge import (
     CRITERIA,
     JUDGEMENTS,
     judge_messages,
@@ -273,7 +273,7 @@ def test_reply_form_rules(text, form):
 
 @pytest.fixture(scope="module")
 def embedder():
-    from ray_jobs.judge import MiniLMEmbedder
+    from emoguide.evaluation.judge import MiniLMEmbedder
 
     try:
         return MiniLMEmbedder()

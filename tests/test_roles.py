@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.roles import (
+from emoguide.session.roles import (
     RoleAssignment,
     annomi_sessions,
     assign_roles,

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.emotion import LABELS
 from models.registry import ResolvedModel, resolve
-from ray_jobs.evaluation import EGEMAPS_VOICE_MODEL
+from emoguide.evaluation.perception import EGEMAPS_VOICE_MODEL
 from models.voice import (
     PROSODY_KEYS,
     EgemapsExtractor,
@@ -231,7 +231,7 @@ def test_speech_unlike_the_training_recordings_is_out_of_domain(model: VoiceEmot
     # GRID's clipped commands, another corpus and microphone: the population model read them as "anger
     # 100%"; it now says they are out of its domain. Held-out RAVDESS clips mostly are not.
     from models.segmentation import SpeechSegmenter
-    from ray_jobs.media import load_audio
+    from emoguide.dataio.media import load_audio
 
     segmenter = SpeechSegmenter(resolve("speech_segmentation"))
     speech = []

@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from models.diarize import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speakers, speaker_turns, split_by_speaker
+from models.speakers.clustering import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speakers, speaker_turns, split_by_speaker
 from models.emotion import confidence
 from models.face import AllFaces, FaceFrames, aggregate
 from models.voice import VoiceEmotion, prosody
 from models.whisper_voice import WhisperVoiceEmotion, pool_moments
-from ray_jobs import dissonance
+from emoguide.session import dissonance
 from ray_jobs.config import RunConfig
-from ray_jobs.face_tracks import FaceAttribution, attribute
-from ray_jobs.redact import redact, redact_words
-from ray_jobs.roles import assign_roles
+from emoguide.session.face_tracks import FaceAttribution, attribute
+from emoguide.session.redact import redact, redact_words
+from emoguide.session.roles import assign_roles
 
 N_EGEMAPS = 88
 # Features for utterance spans (start, end) in session seconds: used for utterances made by splitting

@@ -33,10 +33,10 @@ import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from models.emotion import LABELS
-from ray_jobs.inputs import safe_id
-from ray_jobs.tables import open_atomic
+from emoguide.dataio.inputs import safe_id
+from emoguide.dataio.tables import open_atomic
 
-ASSETS = Path(__file__).resolve().parent / "report_assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
 CRITERIA: tuple[str, ...] = ("empathy", "comprehensiveness", "applicability")
 REFERENCE_CONDITIONS = (

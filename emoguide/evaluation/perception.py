@@ -17,7 +17,7 @@ from models.emotion import LABELS
 from models.face import FaceAnalyzer
 from models.registry import resolve
 from models.voice import VoiceEmotion, evaluate_ravdess, ravdess_label
-from ray_jobs.media import iter_chunks
+from emoguide.dataio.media import iter_chunks
 
 
 def parse_actors(spec: str) -> set[int]:

@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from models.emotion import LABELS
-from ray_jobs.dissonance import OUT_OF_DOMAIN_CONFIDENCE
+from emoguide.session.dissonance import OUT_OF_DOMAIN_CONFIDENCE
 
 CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"

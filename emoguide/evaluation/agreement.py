@@ -309,7 +309,7 @@ def agreement(
 ) -> dict[str, Any]:
     """Inter-expert and judge-expert agreement per criterion.
 
-    ``ratings``: rows with rater, item, criterion, score (as :func:`ray_jobs.ratings.import_ratings` returns).
+    ``ratings``: rows with rater, item, criterion, score (as :func:`emoguide.evaluation.ratings.import_ratings` returns).
     ``judgements`` (optional): ``judgements.parquet`` rows; ``key``: the rating sheet's key (item → session_id,
     utt_id, condition, model), needed to map blinded items to judged replies.
 
