@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from synth import Turn, build_session, build_two_person_session  # noqa: E402
 
-from models.speakers.clustering import diarization_error_rate  # noqa: E402
+from emoguide.evaluation.der import diarization_error_rate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RAVDESS_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (1, 3), (2, 4), (5, 7), (6, 8)]  # mixed sex, then same sex

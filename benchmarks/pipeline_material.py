@@ -23,9 +23,9 @@ from typing import Any
 
 from synth import GRID_SPEECH_S, Turn, build_dubbed_session, build_session
 
-from models.voice import RAVDESS_EMOTIONS
 from emoguide.dataio.media import probe
 from emoguide.dataio.tables import open_atomic
+from emoguide.evaluation.ravdess import RAVDESS_EMOTIONS
 from emoguide.evaluation.textnorm import grid_sentence
 
 # Bump when the material changes, so cached folders are rebuilt rather than reused.

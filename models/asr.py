@@ -34,10 +34,10 @@ from faster_whisper import WhisperModel
 from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+from models.audio import SAMPLE_RATE
 from models.registry import ResolvedModel
 from models.whisper_voice import INPUT_PAD_S  # the voice features pool this very input's encoder
 
-SAMPLE_RATE = 16_000
 MAX_INPUT_S = 28.0  # a group fits one 30 s Whisper window with its padding
 MAX_WORDS_PER_S = 6.0  # fast speech reaches ~5 words per voiced second; more is text the audio cannot hold
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's own sign of a repetition loop

@@ -199,7 +199,7 @@ SPECS: dict[str, ModelSpec] = {
             hub_repo="pyannote/segmentation-3.0",
             hub_file="pytorch_model.bin",
         ),
-        # --- speaker embedding (owner: models/speakers/clustering.py) ---
+        # --- speaker embedding (owner: models/speakers/embedders.py) ---
         ModelSpec(
             slot="speaker_embedding",
             name="campplus-zh-en",

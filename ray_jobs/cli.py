@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_jobs.config import PRESET_NAMES, ConfigError, RunConfig, choose_preset, load_config, preset_overrides
 from emoguide.dataio.inputs import InputError, SessionInput, collect_sessions
-from models.registry import ModelNotFoundError
+from emoguide.dataio.storage import StorageError, is_uri, staged_output
 from emoguide.evaluation.ratings import RatingsError
 from emoguide.report.render import ReportError
+from models.registry import ModelNotFoundError
+from ray_jobs.config import PRESET_NAMES, ConfigError, RunConfig, choose_preset, load_config, preset_overrides
 from ray_jobs.runlock import RunLockError, run_lock
-from emoguide.dataio.storage import StorageError, is_uri, staged_output
 
 if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
     from ray_jobs.pipeline import RunSummary
@@ -349,14 +349,14 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
     """The evaluation commands that work on a run folder (judge, metrics, compare, ratings, agreement)."""
     import pyarrow.parquet as pq
 
-    from emoguide.evaluation import agreement, judge, ratings
+    from emoguide.evaluation import agreement, judge, ratings, reference
 
     cmd = args.eval_command
     if cmd == "judge":
         generator, name = _judge_generator(args.model, args.path, args.batch_size)
         print(f"judgements: {judge.judge_run(args.run_dir, generator, name, limit=args.limit)}")
     elif cmd == "metrics":
-        judge.reference_metrics(args.run_dir)
+        reference.reference_metrics(args.run_dir)
         print(f"reference metrics: {args.run_dir / 'reference_metrics.parquet'}")
     elif cmd == "compare":
         report = {}
@@ -410,7 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command in ("judge", "metrics", "compare", "rating-sheet", "import-ratings", "agreement"):
         return cmd_eval_results(args)
     if args.eval_command == "annomi":
-        from emoguide.evaluation.judge import evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_judge as evaluate_annomi
 
         generator, name = _judge_generator(args.model, None, args.batch_size)
         report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
@@ -419,8 +419,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "pipeline":
         return cmd_eval_pipeline(args)
     if args.eval_command == "perception":
-        from emoguide.evaluation import perception as evaluation
         from emoguide.dataio.inputs import collect_sessions
+        from emoguide.evaluation import perception as evaluation
 
         report: dict = {}
         if args.ravdess:
@@ -435,7 +435,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise InputError("give --ravdess and/or --videos")
         print(evaluation.format_perception(report))
     else:
-        from emoguide.session.roles import evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_roles as evaluate_annomi
 
         report = evaluate_annomi(args.annomi)
         print(f"sessions {report['sessions']}: session accuracy {report['session_accuracy']:.3f}, "

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from emoguide.prompts.conditions import CONDITIONS
+
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message says which key and why."""
@@ -106,7 +108,7 @@ class GenerationConfig:
     engine: str = "transformers"  # or "vllm" (GPU; the gpu presets choose it)
     model: str = "smollm2-135m-instruct"
     path: str | None = None
-    conditions: list[str] = field(default_factory=lambda: ["text", "face", "voice", "multimodal", "dissonance"])
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     context_turns: int = 6
     template: str = "intervention_v1"
     max_new_tokens: int = 96
@@ -318,9 +320,8 @@ def _validate(config: RunConfig) -> None:
     g = config.generation
     if g.engine not in ("transformers", "vllm"):
         raise ConfigError(f"generation.engine must be 'transformers' or 'vllm', got {g.engine!r}")
-    known = ("text", "face", "voice", "multimodal", "dissonance")
-    if not g.conditions or any(c not in known for c in g.conditions):
-        raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(known)}")
+    if not g.conditions or any(c not in CONDITIONS for c in g.conditions):
+        raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(CONDITIONS)}")
     if g.context_turns < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or not 0 < g.top_p <= 1 or g.temperature < 0:
         raise ConfigError("generation: context_turns, max_new_tokens, batch_size >= 1; 0 < top_p <= 1; temperature >= 0")
     sp = config.speakers

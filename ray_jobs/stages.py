@@ -16,10 +16,11 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from emoguide.dataio.media import MediaChunk, MediaError, iter_chunks
+from emoguide.dataio.storage import StorageError, is_uri, localize
+from models.audio import SAMPLE_RATE
 from models.registry import resolve
 from ray_jobs.config import RunConfig
-from emoguide.dataio.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
-from emoguide.dataio.storage import StorageError, is_uri, localize
 
 _Call = TypeVar("_Call", bound=Callable[..., dict[str, Any]])
 
@@ -208,8 +209,9 @@ class SpeakerStage:
     """
 
     def __init__(self, config: RunConfig) -> None:
-        from models.speakers.clustering import SpeakerEmbedder, cut_windows, region_windows
         from models.segmentation import SpeechSegmenter
+        from models.speakers.embedders import SpeakerEmbedder
+        from models.speakers.windows import cut_windows, region_windows
 
         c = config.speakers
         net = config.allow_network

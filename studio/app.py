@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from emoguide.dataio.storage import is_uri
 from emoguide.evaluation.judge import CRITERIA
 from emoguide.report.render import ASSETS, read_run, template_env
 from emoguide.report.render import CSP as REPORT_CSP
-from emoguide.dataio.storage import is_uri
 from studio import security
 from studio.store import LOGIN_TTL_S, MAX_COMMENT_CHARS, Store, StudioError, parse_answer
 

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emoguide.dataio.tables import write_atomic
 from emoguide.evaluation.judge import CRITERIA
 from emoguide.evaluation.ratings import KEY_COLUMNS, RATINGS, blinded_ids, rating_entries, write_key
-from emoguide.dataio.tables import write_atomic
 
 DB_NAME = "ratings.sqlite"
 SCHEMA_VERSION = "1"

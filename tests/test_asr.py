@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from conftest import data_path
 
+from emoguide.dataio.media import load_audio
+from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 from models.asr import HOP_S, Transcriber, implausible, longest_repeat, speech_groups, trim_to_voice, voiced_frames
 from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
 from ray_jobs.config import UtterancesConfig
-from emoguide.dataio.media import load_audio
-from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 
 
 PAUSE_S = UtterancesConfig().max_pause_s

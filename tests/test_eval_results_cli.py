@@ -10,8 +10,8 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
-from ray_jobs.cli import main
 from emoguide.dataio.tables import INTERVENTIONS, to_table, write_atomic
+from ray_jobs.cli import main
 
 CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
 

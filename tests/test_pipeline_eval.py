@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA, data_path
-from models.emotion import LABELS
 from emoguide.evaluation import pipeline_eval as pe
 from emoguide.evaluation.textnorm import matched_words, prefix_wer
+from models.emotion import LABELS
 
 STATEMENT = "kids are talking by the door"
 

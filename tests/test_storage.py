@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from emoguide.dataio import storage
-from ray_jobs import cli
 from emoguide.dataio.inputs import MEDIA_SUFFIXES, collect_sessions, fingerprint
 from emoguide.dataio.media import MediaError
+from ray_jobs import cli
 from ray_jobs.stages import iter_source_chunks
 from emoguide.dataio.storage import (
     StorageError,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.asr import Segment, Word
 from emoguide.session.utterances import MIN_SENTENCE_S, split_segment, split_words
+from models.asr import Segment, Word
 
 
 def _words(*spec: tuple[float, float, str]) -> list[Word]:

@@ -16,7 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from models.audio import SAMPLE_RATE
+
 _QUIET_WINDOW = 480  # 30 ms at 16 kHz: the resolution at which a quiet cut point is searched
 
 

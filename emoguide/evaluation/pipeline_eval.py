@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from models.emotion import LABELS
 from emoguide.dataio.tables import open_atomic
 from emoguide.evaluation.textnorm import matched_words, normalise, prefix_wer, word_errors
+from models.emotion import LABELS
 
 BOUNDARY_TOL_S = 0.5
 CLASSES = tuple(label for label in LABELS if label != "contempt")  # RAVDESS has no contempt: 7 classes

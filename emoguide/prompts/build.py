@@ -46,10 +46,10 @@ from typing import Any
 
 import yaml
 
-from models.emotion import LABELS
+from emoguide.prompts.conditions import CONDITIONS
 from emoguide.session.dissonance import OUT_OF_DOMAIN_CONFIDENCE
+from models.emotion import LABELS
 
-CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_TEMPLATE = "intervention_v1"
 

@@ -32,17 +32,14 @@ import jinja2
 import pyarrow.parquet as pq
 from markupsafe import Markup
 
-from models.emotion import LABELS
 from emoguide.dataio.inputs import safe_id
 from emoguide.dataio.tables import open_atomic
+from emoguide.evaluation.judge import CRITERIA, REFERENCE
+from emoguide.prompts.conditions import CONDITIONS
+from models.emotion import LABELS
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
-CRITERIA: tuple[str, ...] = ("empathy", "comprehensiveness", "applicability")
-REFERENCE_CONDITIONS = (
-    "reference",
-    "therapist",
-)  # judgements of the therapist's actual reply, if any
+REFERENCE_CONDITIONS = (REFERENCE,)  # judgements of the therapist's actual reply, if any
 # Every report page's policy (in a <meta> tag): inline CSS and the SVG only, no script, no fetch.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 MAX_PROMPT_CHARS = 20_000  # a shown prompt keeps its end (context + cue) beyond this
