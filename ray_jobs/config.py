@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -241,6 +241,7 @@ def _merge(target: Any, overrides: dict[str, Any], where: str) -> None:
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(overrides).__name__}")
     known = {f.name: f for f in fields(target)}
+    hints = get_type_hints(type(target))
     for key, value in overrides.items():
         name = f"{where}.{key}" if where else key
         if key not in known:
@@ -249,16 +250,17 @@ def _merge(target: Any, overrides: dict[str, Any], where: str) -> None:
         if is_dataclass(current):
             _merge(current, value, name)
             continue
-        setattr(target, key, _coerce(value, current, known[key].type, name))
+        setattr(target, key, _coerce(value, current, hints[key], name))
 
 
 def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
-    optional = "None" in str(annotation)
+    types = (annotation, *get_args(annotation))  # ``float | None`` -> (the union, float, NoneType)
+    optional = type(None) in types
     if value is None:
         if optional:
             return None
         raise ConfigError(f"{name}: may not be null")
-    if isinstance(current, bool) or str(annotation) == "bool":
+    if isinstance(current, bool) or annotation is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{name}: expected true/false, got {value!r}")
@@ -267,7 +269,7 @@ def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
             return list(value)
         raise ConfigError(f"{name}: expected a list of names, got {value!r}")
     for kind in (int, float, str):
-        if isinstance(current, kind) or kind.__name__ in str(annotation):
+        if isinstance(current, kind) or kind in types:
             if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
             if isinstance(value, kind) and not isinstance(value, bool):

@@ -22,7 +22,7 @@ import itertools
 import math
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -395,9 +395,3 @@ def agreement(
             res["judges"] = judges
         out["criteria"][crit] = res
     return out
-
-
-def summarise(values: Iterable[float]) -> dict[str, float | None]:
-    """Plain mean / sd / n of the non-null values (for tables in reports)."""
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    return {"n": int(x.size), "mean": float(x.mean()) if x.size else None, "sd": float(x.std(ddof=1)) if x.size > 1 else None}

@@ -42,8 +42,9 @@ REFERENCE_METRICS = pa.schema(
 _REFLECTION_STEMS = (
     "it sounds", "sounds like", "that sounds", "it seems", "seems like", "it must", "that must", "it feels like",
     "so you", "so it", "so that", "so your", "i hear", "what i'm hearing", "what i hear", "i'm hearing",
-    "part of you", "on one hand", "on the one hand", "you", "your",
+    "part of you", "on one hand", "on the one hand",
 )  # fmt: skip
+_ABOUT_THE_CLIENT = ("you", "you're", "you've", "your")  # a first word that makes a statement about the client
 _NOT_REFLECTION = ("you should", "you could", "you might want", "you need to", "you can", "you may want",
                    "you know", "you have to", "you must")  # fmt: skip
 _FILLER = re.compile(r"^(?:[\s\"'“(…-]+|(?:and|but|okay|ok|all right|alright|well|yeah|yes|mm-hmm|mm|hmm|uh|um|right|sure)\b[,.\s]*)+")
@@ -72,7 +73,7 @@ def reply_form(text: str | None) -> str | None:
         words = re.split(r"[\s,;:]+", s)
         if s.startswith(_NOT_REFLECTION):
             continue
-        if s.startswith(_REFLECTION_STEMS[:-2]) or words[0] in ("you", "you're", "you've", "your"):
+        if s.startswith(_REFLECTION_STEMS) or words[0] in _ABOUT_THE_CLIENT:
             return "reflection"
     return "other"
 
