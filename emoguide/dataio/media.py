@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models.audio import SAMPLE_RATE
+from models.audio import SAMPLE_RATE, to_samples
 
 _QUIET_WINDOW = 480  # 30 ms at 16 kHz: the resolution at which a quiet cut point is searched
 
@@ -107,6 +107,133 @@ def _quiet_cut(audio: np.ndarray, target: int, search: int) -> int:
     return lo + int(np.argmin(energy)) * _QUIET_WINDOW + _QUIET_WINDOW // 2
 
 
+class _ChunkBuffer:
+    """Decoded audio and sampled frames not yet handed on, cut into :class:`MediaChunk` s in order."""
+
+    def __init__(self, info: MediaInfo, size: tuple[int, int] | None) -> None:
+        self.info, self.size = info, size
+        self.pieces: list[np.ndarray] = []
+        self.buffered = 0  # samples in ``pieces``
+        self.start = 0  # session sample index of the first buffered sample
+        self.frames: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.index = 0
+
+    @property
+    def position_s(self) -> float:
+        """Session time of the end of the buffered audio (how far decoding got)."""
+        return (self.start + self.buffered) / SAMPLE_RATE
+
+    def add_audio(self, samples: np.ndarray) -> None:
+        self.pieces.append(samples)
+        self.buffered += len(samples)
+
+    def add_frame(self, image: np.ndarray, t: float) -> None:
+        self.frames.append(image)
+        self.times.append(t)
+
+    def quiet_cut(self, target: int, search: int) -> int:
+        """Where to end the next chunk: the quietest moment up to ``search`` samples before ``target``."""
+        audio = np.concatenate(self.pieces)
+        self.pieces = [audio]
+        return _quiet_cut(audio, target, search)
+
+    def take(self, n: int) -> MediaChunk:
+        """The next chunk: the first ``n`` buffered samples and the frames shown before they end."""
+        audio = np.concatenate(self.pieces) if self.pieces else np.zeros(0, np.float32)
+        head, rest = audio[:n], audio[n:]
+        self.pieces, self.buffered = [rest], len(rest)
+        end_s = (self.start + n) / SAMPLE_RATE
+        inside = [i for i, t in enumerate(self.times) if t < end_s]
+        chunk = MediaChunk(
+            index=self.index,
+            start_s=self.start / SAMPLE_RATE,
+            end_s=end_s,
+            audio=np.ascontiguousarray(head, dtype=np.float32),
+            frames=_stack([self.frames[i] for i in inside], self.size),
+            frame_times=np.array([self.times[i] for i in inside], dtype=np.float64),
+            info=self.info,
+        )
+        later = [i for i, t in enumerate(self.times) if t >= end_s]
+        self.frames, self.times = [self.frames[i] for i in later], [self.times[i] for i in later]
+        self.start += n
+        self.index += 1
+        return chunk
+
+
+class _FrameSampler:
+    """Keeps about ``fps`` video frames per second, scaled to ``size`` and turned upright."""
+
+    def __init__(self, fps: float, size: tuple[int, int], origin: float) -> None:
+        self.step, self.size, self.origin = 1.0 / fps, size, origin
+        self.next_t = 0.0
+
+    def sample(self, frame: av.VideoFrame) -> tuple[np.ndarray, float] | None:
+        """(RGB image, session time) of a frame that is due, else None."""
+        if frame.time is None:
+            return None
+        t = frame.time - self.origin
+        if t + 1e-6 < self.next_t:
+            return None
+        self.next_t = max(self.next_t + self.step, t)
+        img = frame.to_ndarray(width=self.size[0], height=self.size[1], format="rgb24")
+        # phones record sideways and store a display rotation: show it upright, as players do, so the
+        # face detector sees upright faces
+        quarter_turns = round((frame.rotation or 0) / 90) % 4
+        if quarter_turns:
+            img = np.ascontiguousarray(np.rot90(img, quarter_turns))
+        return img, max(t, 0.0)
+
+
+def _decode(container: av.container.InputContainer, buf: _ChunkBuffer, fps: float) -> Iterator[None]:
+    """Demux the container once, decoding audio and frames into ``buf`` as packets arrive; pauses after
+    every packet so that the caller can cut chunks while the buffer is still small."""
+    origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    audio_stream = container.streams.audio[0]
+    video_stream = container.streams.video[0] if buf.info.has_video else None
+    streams = [s for s in (audio_stream, video_stream) if s is not None]
+    for s in streams:
+        s.thread_type = "AUTO"
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    sampler = _FrameSampler(fps, buf.size, origin) if buf.size is not None else None
+    for packet in container.demux(*streams):
+        for frame in packet.decode():
+            if packet.stream.type == "audio":
+                for out in resampler.resample(frame):
+                    buf.add_audio(out.to_ndarray().reshape(-1))
+            elif sampler is not None and (due := sampler.sample(frame)) is not None:
+                buf.add_frame(*due)
+        yield
+    for out in resampler.resample(None):
+        buf.add_audio(out.to_ndarray().reshape(-1))
+
+
+def _cut(path: str | os.PathLike[str], container: av.container.InputContainer, buf: _ChunkBuffer, fps: float,
+         chunk_len: int, search: int) -> Iterator[MediaChunk]:
+    """Every chunk in order, each cut as soon as enough audio is buffered past it; then the remainder."""
+    try:
+        for _ in _decode(container, buf, fps):
+            while buf.buffered >= chunk_len + search:
+                yield buf.take(buf.quiet_cut(chunk_len, search))
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"decoding failed at {buf.position_s:.1f} s ({exc})") from exc
+    if buf.buffered:
+        yield buf.take(buf.buffered)
+
+
+def _flag_last(path: str | os.PathLike[str], chunks: Iterator[MediaChunk]) -> Iterator[MediaChunk]:
+    """Hold each chunk back one step, so that the last one leaves with ``is_last`` set."""
+    pending: MediaChunk | None = None
+    for chunk in chunks:
+        if pending is not None:
+            yield pending
+        pending = chunk
+    if pending is None:
+        raise MediaError(path, "audio stream holds no decodable samples")
+    pending.is_last = True
+    yield pending
+
+
 def iter_chunks(
     path: str | os.PathLike[str],
     fps: float = 2.0,
@@ -125,97 +252,14 @@ def iter_chunks(
     info = probe(path)
     if not info.has_audio:
         raise MediaError(path, "no audio stream (a session needs speech)")
-    chunk_len = int(chunk_s * SAMPLE_RATE)
-    search = int(quiet_search_s * SAMPLE_RATE)
-
+    size = _target_size(info.width, info.height, max_side) if info.has_video else None
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
         raise MediaError(path, f"not a readable media container ({exc})") from exc
     with container:
-        origin = container.start_time / av.time_base if container.start_time is not None else 0.0
-        audio_stream = container.streams.audio[0]
-        video_stream = container.streams.video[0] if info.has_video else None
-        streams = [s for s in (audio_stream, video_stream) if s is not None]
-        for s in streams:
-            s.thread_type = "AUTO"
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        size = _target_size(info.width, info.height, max_side) if video_stream is not None else None
-
-        pieces: list[np.ndarray] = []  # audio not yet handed on
-        buffered = 0
-        chunk_start = 0  # sample index of the first buffered sample
-        frames: list[np.ndarray] = []
-        times: list[float] = []
-        next_frame_t = 0.0
-        index = 0
-        pending: MediaChunk | None = None  # held back one step so the last chunk can be flagged
-
-        def take(n: int) -> MediaChunk:
-            nonlocal pieces, buffered, chunk_start, frames, times, index
-            audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-            head, rest = audio[:n], audio[n:]
-            pieces, buffered = [rest], len(rest)
-            end_s = (chunk_start + n) / SAMPLE_RATE
-            keep = [i for i, t in enumerate(times) if t >= end_s]
-            take_idx = [i for i, t in enumerate(times) if t < end_s]
-            chunk = MediaChunk(
-                index=index,
-                start_s=chunk_start / SAMPLE_RATE,
-                end_s=end_s,
-                audio=np.ascontiguousarray(head, dtype=np.float32),
-                frames=_stack([frames[i] for i in take_idx], size),
-                frame_times=np.array([times[i] for i in take_idx], dtype=np.float64),
-                info=info,
-            )
-            frames, times = [frames[i] for i in keep], [times[i] for i in keep]
-            chunk_start += n
-            index += 1
-            return chunk
-
-        try:
-            for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    if packet.stream.type == "audio":
-                        for out in resampler.resample(frame):
-                            pieces.append(out.to_ndarray().reshape(-1))
-                            buffered += out.samples
-                    elif frame.time is not None:
-                        t = frame.time - origin
-                        if t + 1e-6 >= next_frame_t:
-                            next_frame_t = max(next_frame_t + 1.0 / fps, t)
-                            img = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
-                            # phones record sideways and store a display rotation: show it upright, as
-                            # players do, so the face detector sees upright faces
-                            quarter_turns = round((frame.rotation or 0) / 90) % 4
-                            if quarter_turns:
-                                img = np.ascontiguousarray(np.rot90(img, quarter_turns))
-                            frames.append(img)
-                            times.append(max(t, 0.0))
-                while buffered >= chunk_len + search:
-                    audio = np.concatenate(pieces)
-                    pieces = [audio]
-                    cut = _quiet_cut(audio, chunk_len, search)
-                    if pending is not None:
-                        yield pending
-                    pending = take(cut)
-            for out in resampler.resample(None):
-                pieces.append(out.to_ndarray().reshape(-1))
-                buffered += out.samples
-        except av.FFmpegError as exc:
-            at = chunk_start / SAMPLE_RATE + buffered / SAMPLE_RATE
-            raise MediaError(path, f"decoding failed at {at:.1f} s ({exc})") from exc
-
-        if buffered == 0 and pending is None:
-            raise MediaError(path, "audio stream holds no decodable samples")
-        if buffered == 0:
-            last = pending
-        else:
-            if pending is not None:
-                yield pending
-            last = take(buffered)
-        last.is_last = True
-        yield last
+        buf = _ChunkBuffer(info, size)
+        yield from _flag_last(path, _cut(path, container, buf, fps, to_samples(chunk_s), to_samples(quiet_search_s)))
 
 
 def _stack(frames: list[np.ndarray], size: tuple[int, int] | None) -> np.ndarray:
