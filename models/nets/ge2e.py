@@ -1,4 +1,4 @@
-"""Resemblyzer's GE2E speaker encoder, re-implemented in torch (parity: tests/test_diarize.py).
+"""Resemblyzer's GE2E speaker encoder, re-implemented in torch (parity: tests/test_nets.py).
 
 The ``resemblyzer`` package needs librosa and webrtcvad, so it is not imported: its ``pretrained.pt``
 (shipped in the PyPI ``resemblyzer`` 0.1.4 wheel, Apache-2.0) loads into :class:`GE2E` below, a
