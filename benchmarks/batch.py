@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from run import machine  # noqa: E402
 from synth import build_session  # noqa: E402
 
-from ray_jobs.media import probe  # noqa: E402
+from emoguide.dataio.media import probe  # noqa: E402
 
 GRID = ROOT.parent / "shared" / "data" / "grid"
 CLIP_S = 3.4  # a GRID clip (3 s) and the gap after it

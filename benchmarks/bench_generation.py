@@ -1,6 +1,6 @@
 """CPU generation throughput of models.llm.TransformersGenerator on real intervention prompts.
 
-Builds intervention prompts (ray_jobs.prompts, template intervention_v1, 6-turn context) from a scripted
+Builds intervention prompts (emoguide.prompts.build, template intervention_v1, 6-turn context) from a scripted
 therapy dialogue, keeps those of 300-600 prompt tokens, and measures, per configuration (dtype, threads,
 attention, KV cache): single-prompt tokens/s and batched aggregate tokens/s (generated tokens / wall time,
 prefill included). Also measures load time from the GGUF file (dequantisation) and from the derived
@@ -179,7 +179,7 @@ def scripted_utterances(session_id: str = "bench") -> list[dict]:
 
 
 def bench_prompts(tokenizer, n: int) -> tuple[list[list[dict]], list[int]]:
-    from ray_jobs.prompts import build_prompts, prompt_messages
+    from emoguide.prompts.build import build_prompts, prompt_messages
 
     rows = build_prompts(scripted_utterances(), context_turns=6)
     chats, lengths = [], []

@@ -17,7 +17,7 @@ from each clip's spectrogram (``synth.GRID_SPEECH_S``), for RAVDESS the clip tri
 counts as speech there). Hypothesis: the run's ``sessions.speaker_turns``. DER is reported without a
 collar and with NIST's 0.25 s collar, next to the word-level diarization error (WDER), which leaves out
 where speech starts and stops and counts only who said each word. For the videos it also records
-whether each speaker got the face of their own panel (audio-visual synchrony, ``ray_jobs/face_tracks.py``).
+whether each speaker got the face of their own panel (audio-visual synchrony, ``emoguide/session/face_tracks.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from synth import Turn, build_session, build_two_person_session  # noqa: E402
 
-from models.diarize import diarization_error_rate  # noqa: E402
+from emoguide.evaluation.der import diarization_error_rate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RAVDESS_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (1, 3), (2, 4), (5, 7), (6, 8)]  # mixed sex, then same sex

@@ -45,11 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from models.diarize import SpeakerEmbedder, cut_windows, region_windows  # noqa: E402
+from models.audio import SAMPLE_RATE  # noqa: E402
 from models.registry import ResolvedModel  # noqa: E402
 from models.segmentation import SpeechSegmenter  # noqa: E402
+from models.speakers.embedders import SpeakerEmbedder  # noqa: E402
+from models.speakers.windows import cut_windows, region_windows  # noqa: E402
 
-SAMPLE_RATE = 16_000  # the pipeline's audio rate (ray_jobs.media.SAMPLE_RATE, which needs PyAV)
 BUNDLE_LIMIT = 64 << 20  # what travels to the device machine
 PROMPT_TURNS = 12  # a chat of about 300 tokens, the size of an intervention prompt (6 turns of context)
 LLM_BATCH, LLM_NEW_TOKENS = 8, 96  # the generation config's defaults
@@ -58,10 +59,10 @@ SMOKE_S = 10.0  # --smoke: seconds of audio timed
 
 def prepare(bundle: Path, seconds: float = 60.0) -> dict[str, Any]:
     """Write the inputs and the small weights to ``bundle`` (needs emoguide's whole environment)."""
+    from emoguide.dataio.media import iter_chunks
     from models.face import FaceAnalyzer, crop_square
     from models.registry import resolve
     from ray_jobs.config import load_config
-    from ray_jobs.media import iter_chunks
     from synth import build_session
 
     grid = ROOT.parent / "shared" / "data" / "grid"

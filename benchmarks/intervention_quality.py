@@ -38,7 +38,7 @@ def generate(pair: str, rows: list[dict], max_new_tokens: int) -> tuple[list[str
     """Replies of one model to every prompt row, with timing."""
     from models.llm import load_generator
     from models.registry import resolve
-    from ray_jobs.prompts import prompt_messages
+    from emoguide.prompts.build import prompt_messages
 
     name, engine = pair.split(":")
     extra = {"prefix_marker": "</transcript>"} if engine == "llamacpp" else {"batch_size": 8}
@@ -54,14 +54,14 @@ def generate(pair: str, rows: list[dict], max_new_tokens: int) -> tuple[list[str
 
 def embedders() -> dict:
     from models.registry import resolve
-    from ray_jobs.judge import MiniLMEmbedder
+    from emoguide.evaluation.reference import MiniLMEmbedder
 
     return {name.split("-")[1]: MiniLMEmbedder(resolve("embedding", name).path).encode for name in EMBEDDINGS}
 
 
 def compare(scored: dict[str, list[dict]], baseline: str) -> dict:
     """Paired differences against the baseline model on the same prompts."""
-    from ray_jobs.intervention_quality import paired_bootstrap
+    from emoguide.evaluation.interventions import paired_bootstrap
 
     base = scored[baseline]
     out = {}
@@ -81,7 +81,7 @@ def write_hand_check(scored: dict[str, list[dict]], rows: list[dict], folder: Pa
     ``hand_check.csv`` holds ids and replies (ours); the AnnoMI dialogue each reply answers goes to
     ``hand_check_context.csv`` beside it, which is not committed (AnnoMI's text is not ours to publish).
     """
-    from ray_jobs.intervention_quality import dialogue_text
+    from emoguide.evaluation.interventions import dialogue_text
 
     pool = [(m, i) for m, items in scored.items() for i in range(len(items))]
     pool.sort(key=lambda mi: zlib.crc32(f"{mi[0]}:{mi[1]}".encode()))
@@ -132,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(score_hand_check(args.hand_check), indent=2))
         return 0
 
-    from ray_jobs.intervention_quality import annomi_utterances, load_annomi, sample_prompts, score_replies, summarise
+    from emoguide.evaluation.annomi import read_annomi
+    from emoguide.evaluation.interventions import annomi_utterances, sample_prompts, score_replies, summarise
 
-    rows = sample_prompts(annomi_utterances(load_annomi(args.annomi)), args.turns, CONDITIONS)
+    table = read_annomi(args.annomi, ["main_therapist_behaviour"])
+    rows = sample_prompts(annomi_utterances(table), args.turns, CONDITIONS)
     encoders = embedders()
     args.out.mkdir(parents=True, exist_ok=True)
     scored, report = {}, {"data": str(args.annomi), "turns": args.turns, "conditions": list(CONDITIONS),

@@ -39,7 +39,7 @@ TARGETS_TOKENS_PER_S = {"qwen2.5-0.5b-instruct": 25.0, "qwen2.5-1.5b-instruct": 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
     """The first ``n`` prompts of the scripted session, conditions of one turn next to each other."""
-    from ray_jobs.prompts import build_prompts, prompt_messages
+    from emoguide.prompts.build import build_prompts, prompt_messages
 
     rows = build_prompts(scripted_utterances(), context_turns=6)
     return [prompt_messages(r) for r in rows[:n]]

@@ -23,10 +23,10 @@ from typing import Any
 
 from synth import GRID_SPEECH_S, Turn, build_dubbed_session, build_session
 
-from models.voice import RAVDESS_EMOTIONS
-from ray_jobs.media import probe
-from ray_jobs.tables import open_atomic
-from ray_jobs.textnorm import grid_sentence
+from emoguide.dataio.media import probe
+from emoguide.dataio.tables import open_atomic
+from emoguide.evaluation.ravdess import RAVDESS_EMOTIONS
+from emoguide.evaluation.textnorm import grid_sentence
 
 # Bump when the material changes, so cached folders are rebuilt rather than reused.
 MATERIAL_VERSION = 2

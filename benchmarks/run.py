@@ -36,14 +36,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from synth import build_session  # noqa: E402
 
+from emoguide.dataio.media import iter_chunks, probe  # noqa: E402
 from models.asr import Transcriber  # noqa: E402
-from models.diarize import SpeakerEmbedder, cut_windows, region_windows  # noqa: E402
+from models.audio import SAMPLE_RATE  # noqa: E402
 from models.face import FaceAnalyzer  # noqa: E402
 from models.registry import resolve  # noqa: E402
 from models.segmentation import SpeechSegmenter  # noqa: E402
+from models.speakers.embedders import SpeakerEmbedder  # noqa: E402
+from models.speakers.windows import cut_windows, region_windows  # noqa: E402
 from models.voice import EgemapsExtractor  # noqa: E402
 from ray_jobs.config import load_config  # noqa: E402
-from ray_jobs.media import SAMPLE_RATE, iter_chunks, probe  # noqa: E402
 
 
 def machine() -> dict:
@@ -183,8 +185,8 @@ def time_generation(run_dir: Path, n_prompts: int = 16) -> dict:
     """CPU twin tokens/s on the run's real prompts: one at a time, then batched."""
     import pyarrow.parquet as pq
 
+    from emoguide.prompts.build import build_prompts
     from models.llm import TransformersGenerator
-    from ray_jobs.prompts import build_prompts
 
     utts = pq.read_table(run_dir / "utterances.parquet").to_pylist()
     prompts = [json.loads(p["prompt"]) for p in build_prompts(utts)][:n_prompts]

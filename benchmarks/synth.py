@@ -19,7 +19,8 @@ import av
 import cv2
 import numpy as np
 
-from ray_jobs.media import SAMPLE_RATE, iter_chunks
+from emoguide.dataio.media import iter_chunks
+from models.audio import SAMPLE_RATE
 
 FPS = 25
 

@@ -26,13 +26,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from pipeline_material import build_material  # noqa: E402
 
+from emoguide.dataio.media import load_audio  # noqa: E402
+from emoguide.session.utterances import split_segment  # noqa: E402
 from models.asr import Transcriber  # noqa: E402
 from models.registry import resolve  # noqa: E402
 from models.segmentation import SpeechSegmenter  # noqa: E402
 from models.whisper_voice import pool_encoder_frames, word_moments  # noqa: E402
 from ray_jobs.config import RunConfig  # noqa: E402
-from ray_jobs.media import load_audio  # noqa: E402
-from ray_jobs.utterances import split_segment  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

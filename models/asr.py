@@ -40,10 +40,10 @@ from faster_whisper import WhisperModel
 from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+from models.audio import SAMPLE_RATE
 from models.registry import ResolvedModel
 from models.whisper_voice import FRAME_S, INPUT_PAD_S  # the voice features pool this very input's encoder
 
-SAMPLE_RATE = 16_000
 MAX_INPUT_S = 28.0  # a group fits one 30 s Whisper window with its padding
 MAX_PACK_S = MAX_INPUT_S + 2 * INPUT_PAD_S  # a packed input is never longer than the longest single group's
 # Silence between two packed groups' padded audio. Whisper reads groups this far apart as separate

@@ -16,7 +16,7 @@ of frames (N × H × W × 3 uint8 RGB) and returns numpy arrays / dataclasses, s
 * Every emotion model reports the canonical 8-class order of :mod:`models.emotion` plus valence/arousal.
 * Every face (not only the largest) also gets a mouth opening (:class:`MouthOpening`: MediaPipe Face Mesh
   landmarks run with LiteRT) and a colour signature (:func:`appearance`), from which the session
-  reducer tracks faces and tells whose face is whose (``ray_jobs/face_tracks.py``).
+  reducer tracks faces and tells whose face is whose (``emoguide/session/face_tracks.py``).
 """
 
 from __future__ import annotations
@@ -579,11 +579,6 @@ class FaceAnalyzer:
         self.emotion = load_emotion_model(emotion)
         self.mouth = MouthOpening(landmarks) if landmarks is not None else None
         self.max_faces = max_faces
-
-    def models(self) -> list[dict[str, str]]:
-        """What ran, for ``sessions.parquet.models``."""
-        extra = [self.mouth.model.record()] if self.mouth is not None else []
-        return [self.detector.model.record(), self.emotion.model.record(), *extra]
 
     def analyze(self, frames: np.ndarray) -> AllFaces:
         """Emotion, mouth opening and appearance of up to ``max_faces`` faces per frame (N × H × W × 3 RGB).

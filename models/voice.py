@@ -8,7 +8,8 @@
 * :class:`TransformersVoiceEmotion` is the production path: a wav2vec2/WavLM/HuBERT checkpoint, either
   categorical (``AutoModelForAudioClassification``) or dimensional (audEERING's arousal/dominance/valence
   regression head).
-* :func:`evaluate_ravdess` scores either model on RAVDESS files (for ``emoguide eval perception``).
+
+Their evaluation on RAVDESS is :mod:`emoguide.evaluation.ravdess`.
 
 openSMILE's licence forbids commercial use, and the offline model inherits RAVDESS's CC BY-NC-SA 4.0.
 """
@@ -24,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from models.audio import SAMPLE_RATE
 from models.emotion import LABELS, to_canonical, valence_arousal
 from models.registry import ResolvedModel
 
-SAMPLE_RATE = 16_000
 # Below ~0.25 s there are too few 10 ms frames for stable functionals (openSMILE itself gives up below
 # ~0.1 s); such a segment carries no readable prosody or emotion, so it gets NaN rather than a guess.
 MIN_DURATION_S = 0.25
@@ -48,27 +49,6 @@ SCALE_PRIOR_UTTERANCES = 8.0
 OUT_OF_DOMAIN_MEAN_ABS_Z = 1.8
 
 _F0_MEAN = "F0semitoneFrom27.5Hz_sma3nz_amean"
-
-# RAVDESS emotion codes (third name field) → canonical labels; calm counts as neutral.
-RAVDESS_EMOTIONS: dict[str, str] = {
-    "01": "neutral",
-    "02": "neutral",
-    "03": "happiness",
-    "04": "sadness",
-    "05": "anger",
-    "06": "fear",
-    "07": "disgust",
-    "08": "surprise",
-}
-
-
-def ravdess_label(path: str | Path) -> tuple[str, int]:
-    """Canonical emotion and actor number of a RAVDESS file, parsed from its name."""
-    fields = Path(path).stem.split("-")
-    if len(fields) != 7 or fields[2] not in RAVDESS_EMOTIONS:
-        raise ValueError(f"{path}: not a RAVDESS name (modality-channel-emotion-intensity-statement-repetition-actor)")
-    return RAVDESS_EMOTIONS[fields[2]], int(fields[6])
-
 
 @dataclass(frozen=True)
 class VoiceResult:
@@ -123,7 +103,7 @@ def egemaps_feature_names() -> tuple[str, ...]:
     return EgemapsExtractor().feature_names
 
 
-# Prosody keys (the ``prosody`` Parquet struct; the first eight are the names ray_jobs/tables.py declares)
+# Prosody keys (the ``prosody`` Parquet struct; the first eight are the names emoguide/dataio/tables.py declares)
 # → the eGeMAPS functional each one reads. ``f0_mean_hz`` is derived from ``f0_mean_semitones``.
 # ``speaking_rate`` is loudnessPeaksPerSec, eGeMAPS's pseudo-syllable rate (Eyben et al. 2016);
 # VoicedSegmentsPerSec counts voiced stretches, which merge syllables in fluent speech, so it is
@@ -485,76 +465,3 @@ class TransformersVoiceEmotion:
             out = self._net(**inputs)
         logits = out if isinstance(out, self._torch.Tensor) else out.logits
         return logits.float().cpu().numpy()
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
-
-
-def read_audio(path: str | Path) -> np.ndarray:
-    """A 16 kHz audio file as mono float32 (channels averaged); other rates are refused, not resampled."""
-    import soundfile
-
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"{path}: {rate} Hz audio; convert to {SAMPLE_RATE} Hz mono first")
-    return audio.mean(axis=1)
-
-
-def classification_scores(true_labels: Sequence[str], probs: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over the classes present in ``true_labels``) and the confusion matrix (rows
-    true, columns predicted, in ``labels`` = canonical order) of canonical-order ``probs`` (N × 8)."""
-    y_true = np.array([LABELS.index(label) for label in true_labels], dtype=np.int64)
-    y_pred = np.argmax(np.asarray(probs), axis=1)
-    confusion = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    f1s = []
-    for k in np.unique(y_true):
-        tp = confusion[k, k]
-        precision = tp / max(confusion[:, k].sum(), 1)
-        recall = tp / confusion[k].sum()
-        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)) if y_true.size else float("nan"),
-        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
-        "confusion": confusion.tolist(),
-        "labels": list(LABELS),
-    }
-
-
-def evaluate_ravdess(
-    model: VoiceEmotion | TransformersVoiceEmotion,
-    files: Sequence[str | Path],
-    per_speaker: bool = True,
-    extractor: EgemapsExtractor | None = None,
-) -> dict[str, Any]:
-    """Score a categorical voice model on RAVDESS files (labels and actors parsed from the names).
-
-    ``per_speaker`` passes the actor as speaker id so :class:`VoiceEmotion` may normalise per speaker
-    (ignored by transformers models). Returns plain types for JSON: ``accuracy``, ``macro_f1`` (over the
-    classes present in the files), ``confusion`` (rows true, columns predicted, in ``labels`` order =
-    canonical order), ``labels``, ``n`` (files), ``n_scored`` (files with usable speech; the rest are left
-    out of the scores) and ``speaker_normalised_share``.
-    """
-    paths = [Path(f) for f in files]
-    truth = [ravdess_label(p) for p in paths]
-    audio = [read_audio(p) for p in paths]
-    if isinstance(model, VoiceEmotion):
-        features = (extractor or EgemapsExtractor()).features(audio)
-        speakers = [f"actor{actor:02d}" for _, actor in truth] if per_speaker else None
-        result = model.predict(features, speakers)
-    else:
-        if model.dimensional:
-            raise ValueError("evaluate_ravdess needs a categorical model; this checkpoint is dimensional")
-        result = model.predict(audio)
-    scored = np.all(np.isfinite(result.probs), axis=1)
-    scores = classification_scores(
-        [label for (label, _), ok in zip(truth, scored, strict=True) if ok], result.probs[scored]
-    )
-    return {
-        **scores,
-        "n": len(paths),
-        "n_scored": int(scored.sum()),
-        "speaker_normalised_share": float(np.mean(result.speaker_normalised[scored])) if scored.any() else 0.0,
-    }

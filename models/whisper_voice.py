@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.audio import SAMPLE_RATE
 from models.registry import ResolvedModel
-from models.voice import MIN_SPEAKER_UTTERANCES, SAMPLE_RATE, SpeakerAwareClassifier, VoiceResult
+from models.voice import MIN_SPEAKER_UTTERANCES, SpeakerAwareClassifier, VoiceResult
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_jobs.config import PRESET_NAMES, ConfigError, RunConfig, choose_preset, load_config, preset_overrides
-from ray_jobs.inputs import InputError, SessionInput, collect_sessions
+from emoguide.dataio.inputs import InputError, SessionInput, collect_sessions
+from emoguide.dataio.storage import StorageError, is_uri, staged_output
+from emoguide.evaluation.ratings import RatingsError
+from emoguide.report.render import ReportError
 from models.registry import ModelNotFoundError
-from ray_jobs.ratings import RatingsError
-from ray_jobs.report import ReportError
+from ray_jobs.config import PRESET_NAMES, ConfigError, RunConfig, choose_preset, load_config, preset_overrides
 from ray_jobs.runlock import RunLockError, run_lock
-from ray_jobs.storage import StorageError, is_uri, staged_output
 
 if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
     from ray_jobs.pipeline import RunSummary
@@ -198,7 +198,7 @@ def _print_session_with_content(out_dir: Path):
     """``--log-content``: the progress line, then the session's transcript, read back from its part file."""
     import pyarrow.parquet as pq
 
-    from ray_jobs.tables import part_paths
+    from emoguide.dataio.tables import part_paths
 
     def show(row: dict, done: int, total: int) -> None:
         _print_session(row, done, total)
@@ -339,7 +339,7 @@ def _print_json(report: dict, out: Path | None) -> None:
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if out is not None:
-        from ray_jobs.tables import open_atomic
+        from emoguide.dataio.tables import open_atomic
 
         with open_atomic(out, "w") as fh:
             fh.write(text)
@@ -349,14 +349,14 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
     """The evaluation commands that work on a run folder (judge, metrics, compare, ratings, agreement)."""
     import pyarrow.parquet as pq
 
-    from ray_jobs import agreement, judge, ratings
+    from emoguide.evaluation import agreement, judge, ratings, reference
 
     cmd = args.eval_command
     if cmd == "judge":
         generator, name = _judge_generator(args.model, args.path, args.batch_size)
         print(f"judgements: {judge.judge_run(args.run_dir, generator, name, limit=args.limit)}")
     elif cmd == "metrics":
-        judge.reference_metrics(args.run_dir)
+        reference.reference_metrics(args.run_dir)
         print(f"reference metrics: {args.run_dir / 'reference_metrics.parquet'}")
     elif cmd == "compare":
         report = {}
@@ -375,7 +375,7 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
         print(f"rating sheet: {sheet_csv}\nkey (keep away from raters): {key_csv}")
     elif cmd == "import-ratings":
         table = ratings.import_ratings(args.csv, items=args.key, rater=args.rater)
-        from ray_jobs.tables import write_atomic
+        from emoguide.dataio.tables import write_atomic
 
         print(f"{table.num_rows} ratings: {write_atomic(table, args.run / 'expert_ratings.parquet')}")
     elif cmd == "agreement":
@@ -391,8 +391,8 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
 
 def cmd_eval_pipeline(args: argparse.Namespace) -> int:
     """``emoguide eval pipeline``: build the sessions, run the pipeline, write the report."""
-    from ray_jobs import pipeline_eval
-    from ray_jobs.evaluation import parse_actors
+    from emoguide.evaluation import pipeline_eval
+    from emoguide.evaluation.perception import parse_actors
 
     actors = sorted(parse_actors(args.actors))
     if not (args.data / "ravdess").is_dir() or not (args.data / "grid").is_dir():
@@ -410,7 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command in ("judge", "metrics", "compare", "rating-sheet", "import-ratings", "agreement"):
         return cmd_eval_results(args)
     if args.eval_command == "annomi":
-        from ray_jobs.judge import evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_judge as evaluate_annomi
 
         generator, name = _judge_generator(args.model, None, args.batch_size)
         report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
@@ -419,8 +419,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "pipeline":
         return cmd_eval_pipeline(args)
     if args.eval_command == "perception":
-        from ray_jobs import evaluation
-        from ray_jobs.inputs import collect_sessions
+        from emoguide.dataio.inputs import collect_sessions
+        from emoguide.evaluation import perception as evaluation
 
         report: dict = {}
         if args.ravdess:
@@ -435,7 +435,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise InputError("give --ravdess and/or --videos")
         print(evaluation.format_perception(report))
     else:
-        from ray_jobs.roles import evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_roles as evaluate_annomi
 
         report = evaluate_annomi(args.annomi)
         print(f"sessions {report['sessions']}: session accuracy {report['session_accuracy']:.3f}, "
@@ -446,7 +446,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ray_jobs.report import build_report
+    from emoguide.report.render import build_report
 
     pages = build_report(args.run_dir, args.session, args.out)
     for page in pages[:-1]:

@@ -13,9 +13,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import yaml
+
+from emoguide.prompts.conditions import CONDITIONS
 
 
 class ConfigError(ValueError):
@@ -106,7 +108,7 @@ class GenerationConfig:
     engine: str = "transformers"  # or "vllm" (GPU; the gpu presets choose it)
     model: str = "smollm2-135m-instruct"
     path: str | None = None
-    conditions: list[str] = field(default_factory=lambda: ["text", "face", "voice", "multimodal", "dissonance"])
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     context_turns: int = 6
     template: str = "intervention_v1"
     max_new_tokens: int = 96
@@ -124,7 +126,7 @@ class GenerationConfig:
 
 @dataclass
 class UtterancesConfig:
-    """Where utterances end (``ray_jobs/utterances.py``); face, voice and dissonance are per utterance."""
+    """Where utterances end (``emoguide/session/utterances.py``); face, voice and dissonance are per utterance."""
 
     max_pause_s: float = 0.8  # a longer pause between words ends an utterance (and a Whisper input)
     max_duration_s: float = 20.0  # a longer utterance is cut at its longest pause
@@ -152,7 +154,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     dissonance: DissonanceConfig = field(default_factory=DissonanceConfig)
     allow_network: bool = False  # hub downloads at run time; off by default (sensitive data)
-    redact: bool = False  # replace names, places, numbers, e-mails in transcripts (ray_jobs/redact.py)
+    redact: bool = False  # replace names, places, numbers, e-mails in transcripts (emoguide/session/redact.py)
 
     def config_hash(self) -> str:
         """Fingerprint of every setting that changes the perception tables (resources excluded).
@@ -239,6 +241,7 @@ def _merge(target: Any, overrides: dict[str, Any], where: str) -> None:
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(overrides).__name__}")
     known = {f.name: f for f in fields(target)}
+    hints = get_type_hints(type(target))
     for key, value in overrides.items():
         name = f"{where}.{key}" if where else key
         if key not in known:
@@ -247,16 +250,17 @@ def _merge(target: Any, overrides: dict[str, Any], where: str) -> None:
         if is_dataclass(current):
             _merge(current, value, name)
             continue
-        setattr(target, key, _coerce(value, current, known[key].type, name))
+        setattr(target, key, _coerce(value, current, hints[key], name))
 
 
 def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
-    optional = "None" in str(annotation)
+    types = (annotation, *get_args(annotation))  # ``float | None`` -> (the union, float, NoneType)
+    optional = type(None) in types
     if value is None:
         if optional:
             return None
         raise ConfigError(f"{name}: may not be null")
-    if isinstance(current, bool) or str(annotation) == "bool":
+    if isinstance(current, bool) or annotation is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{name}: expected true/false, got {value!r}")
@@ -265,7 +269,7 @@ def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
             return list(value)
         raise ConfigError(f"{name}: expected a list of names, got {value!r}")
     for kind in (int, float, str):
-        if isinstance(current, kind) or kind.__name__ in str(annotation):
+        if isinstance(current, kind) or kind in types:
             if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
             if isinstance(value, kind) and not isinstance(value, bool):
@@ -318,9 +322,8 @@ def _validate(config: RunConfig) -> None:
     g = config.generation
     if g.engine not in ("transformers", "vllm"):
         raise ConfigError(f"generation.engine must be 'transformers' or 'vllm', got {g.engine!r}")
-    known = ("text", "face", "voice", "multimodal", "dissonance")
-    if not g.conditions or any(c not in known for c in g.conditions):
-        raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(known)}")
+    if not g.conditions or any(c not in CONDITIONS for c in g.conditions):
+        raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(CONDITIONS)}")
     if g.context_turns < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or not 0 < g.top_p <= 1 or g.temperature < 0:
         raise ConfigError("generation: context_turns, max_new_tokens, batch_size >= 1; 0 < top_p <= 1; temperature >= 0")
     sp = config.speakers

@@ -25,20 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
-from models.registry import ResolvedModel, resolve
-from models.voice import EgemapsExtractor, VoiceEmotion
-from models.whisper_voice import WhisperVoiceEmotion
-from ray_jobs.media import SAMPLE_RATE
-from ray_jobs.config import Resources, RunConfig
-from ray_jobs.inputs import SessionInput, fingerprint
-from ray_jobs.reduce import reduce_session
-from ray_jobs.stages import (
-    AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_encoder_voice_model, is_transformers_model,
-    iter_source_chunks,
-)
-from ray_jobs.generate import generate
-from ray_jobs.prompts import build_prompts
-from ray_jobs.tables import (
+from emoguide.dataio.inputs import SessionInput, fingerprint
+from emoguide.dataio.tables import (
     SESSIONS,
     UTTERANCES,
     merge_parts,
@@ -48,6 +36,18 @@ from ray_jobs.tables import (
     to_table,
     write_interventions_part,
     write_session_parts,
+)
+from emoguide.prompts.build import build_prompts
+from emoguide.session.reduce import reduce_session
+from models.audio import SAMPLE_RATE
+from models.registry import ResolvedModel, resolve
+from models.voice import EgemapsExtractor, VoiceEmotion
+from models.whisper_voice import WhisperVoiceEmotion
+from ray_jobs.config import Resources, RunConfig
+from ray_jobs.generate import generate
+from ray_jobs.stages import (
+    AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_encoder_voice_model, is_transformers_model,
+    iter_source_chunks,
 )
 
 log = logging.getLogger("emoguide")

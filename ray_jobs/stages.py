@@ -16,10 +16,11 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from emoguide.dataio.media import MediaChunk, MediaError, iter_chunks
+from emoguide.dataio.storage import StorageError, is_uri, localize
+from models.audio import SAMPLE_RATE
 from models.registry import resolve
 from ray_jobs.config import RunConfig
-from ray_jobs.media import SAMPLE_RATE, MediaChunk, MediaError, iter_chunks
-from ray_jobs.storage import StorageError, is_uri, localize
 
 _Call = TypeVar("_Call", bound=Callable[..., dict[str, Any]])
 
@@ -108,7 +109,7 @@ def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str,
 
 class AsrStage:
     """Transcribes the speech the speaker stage found in each chunk and cuts it into utterances
-    (``ray_jobs/utterances.py``); loads the Whisper model once per actor."""
+    (``emoguide/session/utterances.py``); loads the Whisper model once per actor."""
 
     def __init__(self, config: RunConfig) -> None:
         from models.asr import Transcriber
@@ -140,7 +141,7 @@ class AsrStage:
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from ray_jobs.utterances import split_segment
+        from emoguide.session.utterances import split_segment
 
         row = {**row, "segments": []}
         regions = row.pop("speech_regions", None)
@@ -208,8 +209,9 @@ class SpeakerStage:
     """
 
     def __init__(self, config: RunConfig) -> None:
-        from models.diarize import SpeakerEmbedder, cut_windows, region_windows
         from models.segmentation import SpeechSegmenter
+        from models.speakers.embedders import SpeakerEmbedder
+        from models.speakers.windows import cut_windows, region_windows
 
         c = config.speakers
         net = config.allow_network

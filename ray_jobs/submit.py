@@ -1,8 +1,8 @@
 """``emoguide submit``: run the pipeline as a Ray job on a cluster through the Ray Jobs API.
 
 The job's code travels as its working directory: a staging folder holding this checkout's
-``ray_jobs/`` and ``models/`` packages and the run config, so the cluster runs exactly the code and
-settings of the machine that submitted it (its image only needs the dependencies). Inputs are paths
+``ray_jobs/``, ``emoguide/`` and ``models/`` packages and the run config, so the cluster runs exactly
+the code and settings of the machine that submitted it (its image only needs the dependencies). Inputs are paths
 that every node can read (a shared volume) or object-store URIs; the entrypoint is the same
 ``emoguide run`` a local user types, joined to the cluster with ``--address auto``; it runs the
 cluster's own ``python`` (Ray's convention), so the head must have been started from an environment
@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_jobs.storage import is_uri, local_path
+from emoguide.dataio.storage import is_uri, local_path
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-_CODE = ("ray_jobs", "models")
+_CODE = ("ray_jobs", "emoguide", "models")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"

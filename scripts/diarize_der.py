@@ -1,4 +1,4 @@
-"""Measure speaker diarization (models/diarize.py) on real speech: DER, speaker count, speed.
+"""Measure speaker diarization (models/speakers/) on real speech: DER, speaker count, speed.
 
 Conditions (audio only; reference speech = each clip's energy-trimmed speech span, labelled with the
 clip's speaker, which the construction knows):
@@ -17,7 +17,7 @@ Windows come from oracle speech regions (the construction's trimmed clip spans, 
 pseudo-words) by default; ``--asr`` also runs the offline faster-whisper model and uses its word
 timings (then DER also counts missed speech and false alarms from the ASR's word spans).
 DER: frame-level (10 ms), no collar, overlap scored, optimal speaker mapping (Hungarian), computed
-by ``models.diarize.diarization_error_rate``. Nothing is written; a table is printed.
+by ``emoguide.evaluation.der.diarization_error_rate``. Nothing is written; a table is printed.
 
     python scripts/diarize_der.py [--seeds 5] [--asr] [--calibrate]
 """
@@ -39,15 +39,11 @@ DATA = REPO.parent / "shared" / "data"
 
 import itertools
 
-from models.diarize import (
-    SpeakerEmbedder,
-    assign_words,
-    cluster_speakers,
-    cut_windows,
-    diarization_error_rate,
-    speech_windows,
-)
+from emoguide.evaluation.der import diarization_error_rate
 from models.registry import resolve
+from models.speakers.clustering import assign_words, cluster_speakers
+from models.speakers.embedders import SpeakerEmbedder
+from models.speakers.windows import cut_windows, speech_windows
 from ray_jobs.config import UtterancesConfig
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -143,7 +139,7 @@ def ravdess_single(a: int, seed: int, n_turns: int = 16) -> tuple[np.ndarray, li
 
 
 def grid_pair(fa: str, fb: str, seed: int) -> tuple[np.ndarray, list]:
-    from ray_jobs.media import load_audio
+    from emoguide.dataio.media import load_audio
 
     rng = np.random.default_rng(seed)
     halves = {}

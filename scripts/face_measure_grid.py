@@ -53,7 +53,7 @@ def main() -> None:
     analyzer = FaceAnalyzer(
         registry.resolve("face_detector", args.detector), registry.resolve("face_emotion", args.emotion)
     )
-    print(f"{len(clips)} clips, {len(frames)} frames {frames.shape[1:]}; models: {analyzer.models()}")
+    print(f"{len(clips)} clips, {len(frames)} frames {frames.shape[1:]}; models: {[analyzer.detector.model.record(), analyzer.emotion.model.record()]}")
 
     t0 = time.perf_counter()
     detections = analyzer.detector.detect(frames)

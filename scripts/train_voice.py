@@ -35,18 +35,16 @@ from faster_whisper import WhisperModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from emoguide.evaluation.ravdess import classification_scores, ravdess_label, read_audio
+from models.audio import SAMPLE_RATE
 from models.emotion import LABELS
 from models.registry import ResolvedModel, resolve
 from models.segmentation import SpeechSegmenter
 from models.voice import (
     MIN_SPEAKER_UTTERANCES,
     SCALE_PRIOR_UTTERANCES,
-    SAMPLE_RATE,
     EgemapsExtractor,
     VoiceEmotion,
-    classification_scores,
-    ravdess_label,
-    read_audio,
     speaker_zscore,
 )
 from models.whisper_voice import (

@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ray_jobs.judge import CRITERIA
-from ray_jobs.report import ASSETS, read_run, template_env
-from ray_jobs.report import CSP as REPORT_CSP
-from ray_jobs.storage import is_uri
+from emoguide.dataio.storage import is_uri
+from emoguide.evaluation.judge import CRITERIA
+from emoguide.report.render import ASSETS, read_run, template_env
+from emoguide.report.render import CSP as REPORT_CSP
 from studio import security
 from studio.store import LOGIN_TTL_S, MAX_COMMENT_CHARS, Store, StudioError, parse_answer
 

@@ -4,7 +4,7 @@ SQLite in WAL mode with ``synchronous=FULL``: every answer is committed the mome
 killing the server loses nothing and a rater resumes at their first unrated item. The file is
 owner-only (ratings reveal the study design, items hold therapy dialogue).
 
-Items are the replies :func:`ray_jobs.ratings.rating_entries` picks (every generation plus the
+Items are the replies :func:`emoguide.evaluation.ratings.rating_entries` picks (every generation plus the
 therapist's actual reply, the ``reference``), made once from ``interventions.parquet`` when the store
 is created, with random ids from a recorded seed. Every rater rates the same items (so agreement can
 be computed) in their own order: a permutation from the rater's own recorded seed.
@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_jobs.judge import CRITERIA
-from ray_jobs.ratings import KEY_COLUMNS, RATINGS, blinded_ids, rating_entries, write_key
-from ray_jobs.tables import write_atomic
+from emoguide.dataio.tables import write_atomic
+from emoguide.evaluation.judge import CRITERIA
+from emoguide.evaluation.ratings import KEY_COLUMNS, RATINGS, blinded_ids, rating_entries, write_key
 
 DB_NAME = "ratings.sqlite"
 SCHEMA_VERSION = "1"

@@ -1,4 +1,4 @@
-"""ray_jobs.agreement: published Krippendorff values, hand-computed kappa, seeded bootstrap, paired comparison."""
+"""emoguide.evaluation.agreement: published Krippendorff values, hand-computed kappa, seeded bootstrap, paired comparison."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ray_jobs.agreement import (
+from emoguide.evaluation.agreement import (
     agreement,
     compare_conditions,
     compare_judgements,

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import data_path
 
+from emoguide.dataio.media import load_audio
+from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 from models.asr import (
     HOP_S,
     MAX_PACK_S,
@@ -29,8 +31,6 @@ from models.registry import ModelNotFoundError, resolve
 from models.segmentation import SpeechSegmenter
 from models.whisper_voice import FRAME_S, encoder_frames, pool_encoder_frames
 from ray_jobs.config import UtterancesConfig
-from ray_jobs.media import load_audio
-from ray_jobs.textnorm import grid_sentence, normalise, wer
 
 
 PAUSE_S = UtterancesConfig().max_pause_s

@@ -26,7 +26,7 @@ def test_batch_and_reference_hold_the_same_media(tmp_path):
     data_path("grid")
     from batch import build_batch
 
-    from ray_jobs.media import probe
+    from emoguide.dataio.media import probe
 
     sessions, reference = build_batch(3, 10.0, tmp_path)
     lengths = [probe(p).duration_s for p in sessions]

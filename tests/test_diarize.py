@@ -12,18 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.diarize import (
-    SpeakerEmbedder,
-    assign_words,
-    cluster_speakers,
-    cut_windows,
-    diarization_error_rate,
-    region_windows,
-    speaker_turns,
-    speech_windows,
-    split_by_speaker,
-)
+from emoguide.evaluation.der import diarization_error_rate
 from models.registry import ModelNotFoundError, resolve
+from models.speakers.clustering import assign_words, cluster_speakers, speaker_turns, split_by_speaker
+from models.speakers.embedders import SpeakerEmbedder
+from models.speakers.windows import cut_windows, region_windows, speech_windows
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -202,13 +195,13 @@ def test_wespeaker_onnx_export_runs_on_kaldi_fbank_with_a_hamming_window(tmp_pat
     out = embedder.embed(windows)
     assert out.shape == (4, 256) and np.isnan(out[3]).all()
     for w, row in zip(windows[:3], out[:3]):
-        feats = embedder.fbank(w).numpy()  # frames x 80, mean-normalised
+        feats = embedder.encoder.fbank(w).numpy()  # frames x 80, mean-normalised
         assert feats.shape == (1 + (len(w) - 400) // 160, 80) and np.allclose(feats.mean(0), 0, atol=1e-4)
         expected = (feats ** 2).mean(0) @ weight
         assert np.allclose(row, expected / np.linalg.norm(expected), atol=1e-4)
     # the Hamming window of wespeakerruntime's kaldi.fbank(window_type="hamming"), not CAM++'s povey
     n = np.arange(400)
-    assert np.allclose(embedder._window.numpy(), 0.54 - 0.46 * np.cos(2 * np.pi * n / 399), atol=1e-6)
+    assert np.allclose(embedder.encoder.fbank.window.numpy(), 0.54 - 0.46 * np.cos(2 * np.pi * n / 399), atol=1e-6)
 
 
 def test_an_onnx_file_that_is_not_a_speaker_encoder_is_named(tmp_path) -> None:
@@ -236,8 +229,8 @@ def test_wespeaker_resolves_from_the_cache_or_says_how_to_fetch_it(tmp_path, mon
 def test_the_clustering_threshold_comes_from_the_config_when_given() -> None:
     # Another encoder than CAM++ needs its own threshold: speakers.distance_threshold reaches the
     # session's clustering. Two voices 0.9 apart in cosine distance: apart at CAM++'s 0.75, one at 1.2.
+    from emoguide.session.reduce import diarize
     from ray_jobs.config import load_config
-    from ray_jobs.reduce import diarize
 
     a, b = np.eye(4)[0], np.cos(np.arccos(0.1)) * np.eye(4)[0] + np.sin(np.arccos(0.1)) * np.eye(4)[1]
     rng = np.random.default_rng(0)

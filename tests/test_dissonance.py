@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from emoguide.session.dissonance import Dissonance, annotate, describe, session_summary, utterance_dissonance
 from models.emotion import LABELS
-from ray_jobs.dissonance import Dissonance, annotate, describe, session_summary, utterance_dissonance
 
 
 def onehot(label: str) -> list[float]:

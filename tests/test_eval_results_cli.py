@@ -10,8 +10,8 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
+from emoguide.dataio.tables import INTERVENTIONS, to_table, write_atomic
 from ray_jobs.cli import main
-from ray_jobs.tables import INTERVENTIONS, to_table, write_atomic
 
 CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import data_path
+from emoguide.session.face_tracks import MIN_SYNC, attribute, track_people
 from models.face import APPEARANCE_DIM, AllFaces
-from ray_jobs.face_tracks import MIN_SYNC, attribute, track_people
 from synth import build_two_person_session
 from test_run_e2e import _emoguide
 

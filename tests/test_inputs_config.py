@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emoguide.dataio.inputs import InputError, collect_sessions, read_manifest
 from ray_jobs.config import ConfigError, load_config
-from ray_jobs.inputs import InputError, collect_sessions, read_manifest
 
 
 def test_folder_manifest_and_duplicates(tmp_path):

@@ -1,4 +1,4 @@
-"""ray_jobs.intervention_quality: on-task rules, AnnoMI material with synthetic cues, paired bootstrap."""
+"""emoguide.evaluation.interventions: on-task rules, AnnoMI material with synthetic cues, paired bootstrap."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_jobs.intervention_quality import (
+from emoguide.evaluation.interventions import (
     annomi_utterances,
     dialogue_text,
     off_task_rules,

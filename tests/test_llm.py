@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
+from emoguide.prompts.build import build_prompts, prompt_messages
 from models.llm import GenerationResult, TransformersGenerator
 from models.registry import ModelNotFoundError, resolve
-from ray_jobs.prompts import build_prompts, prompt_messages
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

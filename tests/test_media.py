@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ray_jobs.media import SAMPLE_RATE, MediaError, iter_chunks, load_audio, probe
+from emoguide.dataio.media import MediaError, iter_chunks, load_audio, probe
+from models.audio import SAMPLE_RATE
 
 
 def test_decode_grid_clip(grid_dir):

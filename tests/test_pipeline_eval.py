@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA, data_path
+from emoguide.evaluation import pipeline_eval as pe
+from emoguide.evaluation.textnorm import matched_words, prefix_wer
 from models.emotion import LABELS
-from ray_jobs import pipeline_eval as pe
-from ray_jobs.textnorm import matched_words, prefix_wer
 
 STATEMENT = "kids are talking by the door"
 
@@ -242,7 +242,7 @@ def test_audio_session_has_silence_between_clips_and_speech_inside(material: dic
 
 
 def test_dubbed_video_is_lip_synced(material: dict) -> None:
-    from ray_jobs.media import probe
+    from emoguide.dataio.media import probe
     from synth import _clip
 
     session = next(s for s in material["sessions"] if s["kind"] == "dubbed")

@@ -9,7 +9,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from ray_jobs.redact import redact, redact_words
+from emoguide.session.redact import redact, redact_words
 
 _HOOK = '''
 import os, socket, sys

@@ -1,4 +1,4 @@
-"""ray_jobs.prompts: conditions, cue text, context window, references, turn merging, injection safety."""
+"""emoguide.prompts.build: conditions, cue text, context window, references, turn merging, injection safety."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ray_jobs.prompts import CONDITIONS, build_prompts, load_template, prompt_messages
+from emoguide.prompts.build import CONDITIONS, build_prompts, load_template, prompt_messages
 
 FACE = [0.62, 0.05, 0.21, 0.02, 0.05, 0.02, 0.02, 0.01]
 VOICE = [0.1, 0.0, 0.6, 0.0, 0.3, 0.0, 0.0, 0.0]
@@ -210,7 +210,7 @@ def test_bad_arguments():
 
 
 def test_out_of_domain_voice_is_called_unreliable_and_the_dissonance_reason_is_given():
-    from ray_jobs.prompts import merge_turns, render_cues
+    from emoguide.prompts.build import merge_turns, render_cues
 
     utts = [{"utt_id": "u0", "role": "client", "text": "fine", "start_s": 0.0, "end_s": 2.0,
              "voice_probs": [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], "voice_valence": -0.5, "voice_arousal": 0.6,

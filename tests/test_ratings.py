@@ -1,4 +1,4 @@
-"""ray_jobs.ratings: blinded rating sheet + key, validated import, and the round trip into agreement()."""
+"""emoguide.evaluation.ratings: blinded rating sheet + key, validated import, and the round trip into agreement()."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_judge import RUN_ROWS, FakeGenerator, _prompt, make_run
 
-from ray_jobs.agreement import agreement
-from ray_jobs.judge import judge_run
-from ray_jobs.prompts import CONDITIONS
-from ray_jobs.ratings import (
+from emoguide.evaluation.agreement import agreement
+from emoguide.evaluation.judge import judge_run
+from emoguide.prompts.build import CONDITIONS
+from emoguide.evaluation.ratings import (
     KEY_COLUMNS,
     SHEET_COLUMNS,
     RatingsError,

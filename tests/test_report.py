@@ -15,14 +15,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from ray_jobs.report import (
+from emoguide.report.render import (
     ReportError,
     build_report,
     page_names,
     timeline_svg,
     top_label,
 )
-from ray_jobs.tables import SESSIONS, UTTERANCES, to_table, write_atomic
+from emoguide.dataio.tables import SESSIONS, UTTERANCES, to_table, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.roles import (
-    RoleAssignment,
-    annomi_sessions,
-    assign_roles,
-    evaluate_annomi,
-    utterance_score,
-)
+from emoguide.evaluation.annomi import annomi_sessions
+from emoguide.evaluation.annomi import evaluate_roles as evaluate_annomi
+from emoguide.session.roles import RoleAssignment, assign_roles, utterance_score
 
 ANNOMI = Path(__file__).resolve().parents[2] / "shared" / "data" / "annomi" / "AnnoMI-dev.csv"
 

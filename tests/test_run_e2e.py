@@ -12,8 +12,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from ray_jobs.tables import SESSIONS, UTTERANCES
-from ray_jobs.textnorm import grid_sentence, normalise, wer
+from emoguide.dataio.tables import SESSIONS, UTTERANCES
+from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 
 pytestmark = pytest.mark.slow
 

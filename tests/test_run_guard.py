@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from emoguide.dataio.inputs import collect_sessions
 from ray_jobs import cli
-from ray_jobs.inputs import collect_sessions
 from ray_jobs.runlock import LOCK_NAME, RunLockError, run_lock
 
 REPO = Path(__file__).resolve().parents[1]

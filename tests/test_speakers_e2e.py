@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import data_path
-from models.diarize import diarization_error_rate
+from emoguide.evaluation.der import diarization_error_rate
 from diarization import turns_of, word_error_share
 from synth import build_session
 from test_run_e2e import _emoguide

@@ -18,11 +18,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ray_jobs import cli, storage
-from ray_jobs.inputs import MEDIA_SUFFIXES, collect_sessions, fingerprint
-from ray_jobs.media import MediaError
+from emoguide.dataio import storage
+from emoguide.dataio.inputs import MEDIA_SUFFIXES, collect_sessions, fingerprint
+from emoguide.dataio.media import MediaError
+from ray_jobs import cli
 from ray_jobs.stages import iter_source_chunks
-from ray_jobs.storage import (
+from emoguide.dataio.storage import (
     StorageError,
     is_uri,
     list_media,

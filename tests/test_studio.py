@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ray_jobs import agreement
-from ray_jobs.judge import CRITERIA, REFERENCE
-from ray_jobs.ratings import RATINGS
-from ray_jobs.report import build_report
+from emoguide.evaluation import agreement
+from emoguide.evaluation.judge import CRITERIA, REFERENCE
+from emoguide.evaluation.ratings import RATINGS
+from emoguide.report.render import build_report
 from studio.store import Answer, Store, StudioError, parse_answer
 from test_report import _write_run
 from test_run_e2e import _emoguide

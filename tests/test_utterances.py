@@ -1,9 +1,9 @@
-"""The pipeline's utterance rule (ray_jobs/utterances.py) on hand-made word timings."""
+"""The pipeline's utterance rule (emoguide/session/utterances.py) on hand-made word timings."""
 
 from __future__ import annotations
 
+from emoguide.session.utterances import MIN_SENTENCE_S, split_segment, split_words
 from models.asr import Segment, Word
-from ray_jobs.utterances import MIN_SENTENCE_S, split_segment, split_words
 
 
 def _words(*spec: tuple[float, float, str]) -> list[Word]:

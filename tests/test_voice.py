@@ -15,19 +15,11 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from emoguide.evaluation.perception import EGEMAPS_VOICE_MODEL
+from emoguide.evaluation.ravdess import classification_scores, evaluate_ravdess, ravdess_label, read_audio
 from models.emotion import LABELS
 from models.registry import ResolvedModel, resolve
-from ray_jobs.evaluation import EGEMAPS_VOICE_MODEL
-from models.voice import (
-    PROSODY_KEYS,
-    EgemapsExtractor,
-    VoiceEmotion,
-    classification_scores,
-    evaluate_ravdess,
-    prosody,
-    ravdess_label,
-    read_audio,
-)
+from models.voice import PROSODY_KEYS, EgemapsExtractor, VoiceEmotion, prosody
 
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 needs_ravdess = pytest.mark.skipif(
@@ -230,8 +222,8 @@ def test_speech_unlike_the_training_recordings_is_out_of_domain(model: VoiceEmot
                                                                 held_out: tuple[list[Path], np.ndarray]) -> None:
     # GRID's clipped commands, another corpus and microphone: the population model read them as "anger
     # 100%"; it now says they are out of its domain. Held-out RAVDESS clips mostly are not.
+    from emoguide.dataio.media import load_audio
     from models.segmentation import SpeechSegmenter
-    from ray_jobs.media import load_audio
 
     segmenter = SpeechSegmenter(resolve("speech_segmentation"))
     speech = []

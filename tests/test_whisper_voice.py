@@ -14,10 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from faster_whisper import WhisperModel
 
+from emoguide.evaluation.ravdess import classification_scores, ravdess_label, read_audio
 from models.emotion import LABELS
 from models.registry import resolve
 from models.segmentation import SpeechSegmenter
-from models.voice import classification_scores, ravdess_label, read_audio
 from models.whisper_voice import (
     FRAME_S,
     EncoderMismatchError,

@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
+from emoguide.dataio.tables import open_atomic
+from emoguide.evaluation.textnorm import matched_words, normalise, prefix_wer, word_errors
 from models.emotion import LABELS
-from ray_jobs.tables import open_atomic
-from ray_jobs.textnorm import matched_words, normalise, prefix_wer, word_errors
 
 BOUNDARY_TOL_S = 0.5
 CLASSES = tuple(label for label in LABELS if label != "contempt")  # RAVDESS has no contempt: 7 classes
@@ -388,7 +388,7 @@ def _build_material(data: Path, actors: list[int], work: Path, max_clips: int | 
     """The sessions and their truth, from ``benchmarks/pipeline_material.py`` of this source checkout: the
     builder lives with the other benchmark builders (``synth.py``), and needs a checkout beside
     ``../shared/data`` anyway."""
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
     if not (benchmarks / "pipeline_material.py").exists():
         raise FileNotFoundError(f"{benchmarks}/pipeline_material.py: eval pipeline needs the source checkout")
     if str(benchmarks) not in sys.path:

@@ -46,10 +46,10 @@ from typing import Any
 
 import yaml
 
+from emoguide.prompts.conditions import CONDITIONS
+from emoguide.session.dissonance import OUT_OF_DOMAIN_CONFIDENCE
 from models.emotion import LABELS
-from ray_jobs.dissonance import OUT_OF_DOMAIN_CONFIDENCE
 
-CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_TEMPLATE = "intervention_v1"
 
@@ -296,83 +296,73 @@ def _weighted_mean(values: list[tuple[list[float] | float, float]]) -> Any:
     return sum(x * w for x, w in values) / total
 
 
-def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One session's utterances (any order) → turns: consecutive same-role utterances merged."""
+def _role(u: Mapping[str, Any]) -> str:
+    return u.get("role") if u.get("role") in ROLE_NAMES else "unknown"
+
+
+def _role_runs(utterances: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Utterances with text, in time order, grouped into runs of the same role."""
     rows = sorted(
         (u for u in utterances if str(u.get("text") or "").strip()),
         key=lambda u: (_num(u.get("start_s")) or 0.0, _num(u.get("end_s")) or 0.0),
     )
     groups: list[list[Mapping[str, Any]]] = []
     for u in rows:
-        role = u.get("role") if u.get("role") in ROLE_NAMES else "unknown"
-        if (
-            groups
-            and (
-                groups[-1][0].get("role")
-                if groups[-1][0].get("role") in ROLE_NAMES
-                else "unknown"
-            )
-            == role
-        ):
+        if groups and _role(groups[-1][0]) == _role(u):
             groups[-1].append(u)
         else:
             groups.append([u])
+    return groups
+
+
+def _channel_readings(g: Sequence[Mapping[str, Any]], ch: str) -> dict[str, Any]:
+    """A channel's probabilities, valence and arousal over a turn, weighted by utterance duration; readings
+    of speech unlike the voice model's training data are left out (and flagged when they were all there is)."""
+    weights = [max((_num(u.get("end_s")) or 0.0) - (_num(u.get("start_s")) or 0.0), 0.0) for u in g]
+    usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
+    out: dict[str, Any] = {
+        f"{ch}_out_of_domain": not usable and any(_probs(u.get(f"{ch}_probs")) for u in g),
+        f"{ch}_probs": _weighted_mean([(p, w) for u, w in usable if (p := _probs(u.get(f"{ch}_probs")))]),
+    }
+    for dim in ("valence", "arousal"):
+        key = f"{ch}_{dim}"
+        out[key] = _weighted_mean([(x, w) for u, w in usable if (x := _num(u.get(key))) is not None])
+    return out
+
+
+def _turn_dissonance(g: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A turn is dissonant when any utterance is (label and score of the strongest); not dissonant when some
+    were measured and none is; unmeasured otherwise, with the most common reason."""
+    measured = [
+        u for u in g
+        if u.get("dissonance") is not None and not (isinstance(u.get("dissonance"), float) and math.isnan(u["dissonance"]))
+    ]  # fmt: skip
+    dissonant = [u for u in measured if bool(u["dissonance"])]
+    if dissonant:
+        top = max(dissonant, key=lambda u: _num(u.get("dissonance_score")) or 0.0)
+        return {"dissonance": True, "dissonance_score": _num(top.get("dissonance_score")),
+                "dissonance_label": top.get("dissonance_label")}
+    if measured:
+        scores = [s for u in measured if (s := _num(u.get("dissonance_score"))) is not None]
+        return {"dissonance": False, "dissonance_score": max(scores) if scores else None, "dissonance_label": None}
+    reasons = Counter(u.get("dissonance_reason") for u in g if u.get("dissonance_reason"))
+    return {"dissonance": None, "dissonance_score": None, "dissonance_label": None,
+            "dissonance_reason": reasons.most_common(1)[0][0] if reasons else None}
+
+
+def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One session's utterances (any order) → turns: consecutive same-role utterances merged."""
     turns = []
-    for g in groups:
-        role = g[0].get("role") if g[0].get("role") in ROLE_NAMES else "unknown"
-        weights = [
-            max((_num(u.get("end_s")) or 0.0) - (_num(u.get("start_s")) or 0.0), 0.0)
-            for u in g
-        ]
+    for g in _role_runs(utterances):
         turn: dict[str, Any] = {
-            "role": role,
+            "role": _role(g[0]),
             "text": " ".join(str(u["text"]).strip() for u in g),
             "utt_id": g[-1].get("utt_id"),
             "utt_ids": [u.get("utt_id") for u in g],
         }
         for ch in ("face", "voice"):
-            # speech unlike the voice model's training data: not a reading
-            usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
-            turn[f"{ch}_out_of_domain"] = not usable and any(_probs(u.get(f"{ch}_probs")) for u in g)
-            turn[f"{ch}_probs"] = _weighted_mean(
-                [(p, w) for u, w in usable if (p := _probs(u.get(f"{ch}_probs")))]
-            )
-            for dim in ("valence", "arousal"):
-                key = f"{ch}_{dim}"
-                turn[key] = _weighted_mean(
-                    [(x, w) for u, w in usable if (x := _num(u.get(key))) is not None]
-                )
-        measured = [
-            u
-            for u in g
-            if u.get("dissonance") is not None
-            and not (
-                isinstance(u.get("dissonance"), float) and math.isnan(u["dissonance"])
-            )
-        ]
-        dissonant = [u for u in measured if bool(u["dissonance"])]
-        if dissonant:
-            top = max(dissonant, key=lambda u: _num(u.get("dissonance_score")) or 0.0)
-            turn.update(
-                dissonance=True,
-                dissonance_score=_num(top.get("dissonance_score")),
-                dissonance_label=top.get("dissonance_label"),
-            )
-        elif measured:
-            scores = [
-                s
-                for u in measured
-                if (s := _num(u.get("dissonance_score"))) is not None
-            ]
-            turn.update(
-                dissonance=False,
-                dissonance_score=max(scores) if scores else None,
-                dissonance_label=None,
-            )
-        else:
-            reasons = Counter(u.get("dissonance_reason") for u in g if u.get("dissonance_reason"))
-            turn.update(dissonance=None, dissonance_score=None, dissonance_label=None,
-                        dissonance_reason=reasons.most_common(1)[0][0] if reasons else None)
+            turn.update(_channel_readings(g, ch))
+        turn.update(_turn_dissonance(g))
         turns.append(turn)
     return turns
 

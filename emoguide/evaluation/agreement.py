@@ -22,7 +22,7 @@ import itertools
 import math
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -304,12 +304,113 @@ def _load_key(key: Any) -> dict[str, dict[str, Any]]:
     return {str(r["item"]): r for r in as_rows(key)}
 
 
+def _judged_items(judgements: Any, key: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(judge, criterion) -> blinded item -> score (None for a parse failure), through the sheet's key."""
+    if key is None:
+        raise ValueError("agreement: judgements need the rating sheet's key to map items to replies")
+    item_of: dict[tuple, str] = {}
+    for item, k in _load_key(key).items():
+        item_of[(str(k["session_id"]), str(k["utt_id"]), str(k["condition"]), str(k.get("model") or ""))] = item
+    judged: dict[tuple[str, str], dict[str, Any]] = {}
+    for j in as_rows(judgements):
+        item = item_of.get((str(j["session_id"]), str(j["utt_id"]), str(j["condition"]), str(j.get("model") or "")))
+        if item is not None:
+            judged.setdefault((j["judge"], j["criterion"]), {})[item] = _num(j.get("score"))
+    return judged
+
+
+def _rating_matrix(crit_rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str], np.ndarray]:
+    """(raters, items, raters x items scores with NaN where a rater left an item out)."""
+    raters = sorted({str(r["rater"]) for r in crit_rows})
+    items = sorted({str(r["item"]) for r in crit_rows})
+    r_idx, i_idx = {r: n for n, r in enumerate(raters)}, {i: n for n, i in enumerate(items)}
+    mat = np.full((len(raters), len(items)), np.nan)
+    for r in crit_rows:
+        mat[r_idx[str(r["rater"])], i_idx[str(r["item"])]] = float(r["score"])
+    return raters, items, mat
+
+
+def _pairwise_kappas(raters: list[str], mat: np.ndarray, crit: str, n_boot: int, seed: int) -> dict[str, Any]:
+    """Quadratic-weighted kappa of every rater pair over the items both rated."""
+    kappas = {}
+    for (n1, r1), (n2, r2) in itertools.combinations(enumerate(raters), 2):
+        both = ~np.isnan(mat[n1]) & ~np.isnan(mat[n2])
+        a, b = mat[n1, both].astype(int), mat[n2, both].astype(int)
+        kappas[f"{r1}|{r2}"] = {"n": int(both.sum())} | bootstrap_items(
+            int(both.sum()), lambda idx, a=a, b=b: weighted_kappa(a[idx], b[idx]), n_boot, seed,
+            f"kappa/{crit}/{r1}|{r2}",
+        )  # fmt: skip
+    return kappas
+
+
+def _correlation(fn: Callable[..., Any], js: np.ndarray, ex: np.ndarray) -> Callable[[np.ndarray], Any]:
+    """A bootstrap statistic: ``fn``'s statistic on the resampled pairs, None when either side is constant."""
+
+    def stat(idx: np.ndarray) -> float | None:
+        a, b = js[idx], ex[idx]
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            return None
+        return fn(a, b).statistic
+
+    return stat
+
+
+def _judge_vs_experts(
+    judge: str, crit: str, scores: Mapping[str, Any], items: list[str], expert_mean: Mapping[str, float], n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """One judge against the experts' mean on one criterion: correlations and bias, over the items it scored."""
+    from scipy import stats
+
+    common = [i for i in items if scores.get(i) is not None]
+    js = np.array([scores[i] for i in common], dtype=float)
+    ex = np.array([expert_mean[i] for i in common], dtype=float)
+    n = len(common)
+    return {
+        "n_items": n,
+        "n_parse_failures": sum(1 for i in items if i in scores and scores[i] is None),
+        "judge_mean": float(js.mean()) if n else None,
+        "expert_mean": float(ex.mean()) if n else None,
+        "spearman": bootstrap_items(n, _correlation(stats.spearmanr, js, ex), n_boot, seed, f"rho/{crit}/{judge}"),
+        "kendall": bootstrap_items(n, _correlation(stats.kendalltau, js, ex), n_boot, seed, f"tau/{crit}/{judge}"),
+        "bias": bootstrap_items(
+            n, lambda idx: float(np.mean(js[idx] - ex[idx])) if len(idx) else None, n_boot, seed,
+            f"bias/{crit}/{judge}",
+        ),
+    }
+
+
+def _criterion_agreement(
+    crit: str, crit_rows: Sequence[Mapping[str, Any]], judged: Mapping[tuple[str, str], Mapping[str, Any]],
+    n_boot: int, seed: int,
+) -> dict[str, Any]:
+    """Everything :func:`agreement` reports for one criterion."""
+    raters, items, mat = _rating_matrix(crit_rows)
+    res: dict[str, Any] = {
+        "n_items": len(items), "n_raters": len(raters),
+        "n_items_multiply_rated": int((np.sum(~np.isnan(mat), axis=0) >= 2).sum()),
+    }  # fmt: skip
+    res["krippendorff_alpha_ordinal"] = bootstrap_items(
+        len(items), lambda idx, m=mat: krippendorff_alpha(m[:, idx], "ordinal"), n_boot, seed, f"alpha/{crit}"
+    )
+    res["kappa_quadratic"] = _pairwise_kappas(raters, mat, crit, n_boot, seed)
+    expert_mean = {i: float(np.nanmean(mat[:, n])) for n, i in enumerate(items)}
+    judges = {
+        judge: _judge_vs_experts(judge, crit, scores, items, expert_mean, n_boot, seed)
+        for (judge, jcrit), scores in sorted(judged.items())
+        if jcrit == crit
+    }
+    if judges:
+        res["judges"] = judges
+    return res
+
+
 def agreement(
     ratings: Any, judgements: Any = None, key: Any = None, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """Inter-expert and judge-expert agreement per criterion.
 
-    ``ratings``: rows with rater, item, criterion, score (as :func:`ray_jobs.ratings.import_ratings` returns).
+    ``ratings``: rows with rater, item, criterion, score (as :func:`emoguide.evaluation.ratings.import_ratings` returns).
     ``judgements`` (optional): ``judgements.parquet`` rows; ``key``: the rating sheet's key (item → session_id,
     utt_id, condition, model), needed to map blinded items to judged replies.
 
@@ -319,85 +420,10 @@ def agreement(
     items with a judge score and at least one expert score, each ``{value, ci_low, ci_high, n_undefined}``,
     plus ``n_items`` and the judge's parse failures on those items.
     """
-    from scipy import stats
-
     rows = as_rows(ratings)
-    out: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL, "criteria": {}}
-    judged: dict[tuple[str, str], dict[str, Any]] = {}  # (judge, criterion) -> item -> score/None
-    if judgements is not None:
-        if key is None:
-            raise ValueError("agreement: judgements need the rating sheet's key to map items to replies")
-        item_of: dict[tuple, str] = {}
-        for item, k in _load_key(key).items():
-            item_of[(str(k["session_id"]), str(k["utt_id"]), str(k["condition"]), str(k.get("model") or ""))] = item
-        for j in as_rows(judgements):
-            item = item_of.get((str(j["session_id"]), str(j["utt_id"]), str(j["condition"]), str(j.get("model") or "")))
-            if item is not None:
-                judged.setdefault((j["judge"], j["criterion"]), {})[item] = _num(j.get("score"))
-
-    for crit in sorted({r["criterion"] for r in rows}):
-        crit_rows = [r for r in rows if r["criterion"] == crit]
-        raters = sorted({str(r["rater"]) for r in crit_rows})
-        items = sorted({str(r["item"]) for r in crit_rows})
-        r_idx, i_idx = {r: n for n, r in enumerate(raters)}, {i: n for n, i in enumerate(items)}
-        mat = np.full((len(raters), len(items)), np.nan)
-        for r in crit_rows:
-            mat[r_idx[str(r["rater"])], i_idx[str(r["item"])]] = float(r["score"])
-        res: dict[str, Any] = {
-            "n_items": len(items), "n_raters": len(raters),
-            "n_items_multiply_rated": int((np.sum(~np.isnan(mat), axis=0) >= 2).sum()),
-        }  # fmt: skip
-        res["krippendorff_alpha_ordinal"] = bootstrap_items(
-            len(items), lambda idx, m=mat: krippendorff_alpha(m[:, idx], "ordinal"), n_boot, seed, f"alpha/{crit}"
-        )
-        kappas = {}
-        for r1, r2 in itertools.combinations(raters, 2):
-            both = ~np.isnan(mat[r_idx[r1]]) & ~np.isnan(mat[r_idx[r2]])
-            a, b = mat[r_idx[r1], both].astype(int), mat[r_idx[r2], both].astype(int)
-            kappas[f"{r1}|{r2}"] = {"n": int(both.sum())} | bootstrap_items(
-                int(both.sum()), lambda idx, a=a, b=b: weighted_kappa(a[idx], b[idx]), n_boot, seed,
-                f"kappa/{crit}/{r1}|{r2}",
-            )  # fmt: skip
-        res["kappa_quadratic"] = kappas
-
-        expert_mean = {i: float(np.nanmean(mat[:, i_idx[i]])) for i in items}
-        judges = {}
-        for (judge, jcrit), scores in sorted(judged.items()):
-            if jcrit != crit:
-                continue
-            common = [i for i in items if scores.get(i) is not None]
-            js = np.array([scores[i] for i in common], dtype=float)
-            ex = np.array([expert_mean[i] for i in common], dtype=float)
-
-            def corr(fn: Callable[..., Any], js: np.ndarray = js, ex: np.ndarray = ex) -> Callable[[np.ndarray], Any]:
-                def stat(idx: np.ndarray) -> float | None:
-                    a, b = js[idx], ex[idx]
-                    if np.ptp(a) == 0 or np.ptp(b) == 0:
-                        return None
-                    return fn(a, b).statistic
-
-                return stat
-
-            n = len(common)
-            judges[judge] = {
-                "n_items": n,
-                "n_parse_failures": sum(1 for i in items if i in scores and scores[i] is None),
-                "judge_mean": float(js.mean()) if n else None,
-                "expert_mean": float(ex.mean()) if n else None,
-                "spearman": bootstrap_items(n, corr(stats.spearmanr), n_boot, seed, f"rho/{crit}/{judge}"),
-                "kendall": bootstrap_items(n, corr(stats.kendalltau), n_boot, seed, f"tau/{crit}/{judge}"),
-                "bias": bootstrap_items(
-                    n, lambda idx, js=js, ex=ex: float(np.mean(js[idx] - ex[idx])) if len(idx) else None, n_boot,
-                    seed, f"bias/{crit}/{judge}",
-                ),
-            }
-        if judges:
-            res["judges"] = judges
-        out["criteria"][crit] = res
-    return out
-
-
-def summarise(values: Iterable[float]) -> dict[str, float | None]:
-    """Plain mean / sd / n of the non-null values (for tables in reports)."""
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    return {"n": int(x.size), "mean": float(x.mean()) if x.size else None, "sd": float(x.std(ddof=1)) if x.size > 1 else None}
+    judged = _judged_items(judgements, key) if judgements is not None else {}
+    criteria = {
+        crit: _criterion_agreement(crit, [r for r in rows if r["criterion"] == crit], judged, n_boot, seed)
+        for crit in sorted({r["criterion"] for r in rows})
+    }
+    return {"n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL, "criteria": criteria}

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from emoguide.dataio.media import iter_chunks
+from emoguide.evaluation.ravdess import evaluate_ravdess, ravdess_label
 from models.emotion import LABELS
 from models.face import FaceAnalyzer
 from models.registry import resolve
-from models.voice import VoiceEmotion, evaluate_ravdess, ravdess_label
-from ray_jobs.media import iter_chunks
+from models.voice import VoiceEmotion
 
 
 def parse_actors(spec: str) -> set[int]:

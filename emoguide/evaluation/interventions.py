@@ -1,10 +1,10 @@
 """How usable are the generated interventions? Measured offline on AnnoMI client turns.
 
 The unit is one AnnoMI client turn that a therapist answered. Each turn becomes prompts through the
-pipeline's own prompt builder (:func:`ray_jobs.prompts.build_prompts`), under the ``text`` condition and
+pipeline's own prompt builder (:func:`emoguide.prompts.build.build_prompts`), under the ``text`` condition and
 an emotion-cue condition whose cues are synthetic but well-formed: AnnoMI has no video, so each client
 utterance gets face and voice distributions drawn from a Dirichlet seeded by its ids, with valence,
-arousal and dissonance computed by the real rules (:mod:`models.emotion`, :mod:`ray_jobs.dissonance`).
+arousal and dissonance computed by the real rules (:mod:`models.emotion`, :mod:`emoguide.session.dissonance`).
 The cue condition therefore tests whether a model keeps to its task when a cue block is present, not
 whether the cues are right.
 
@@ -13,7 +13,7 @@ Per reply it records three measures:
 * **on task** (:func:`off_task_rules`): a documented rule set, checked by hand on 30 replies
   (``benchmarks/results/interventions/hand_check.csv``);
 * **similarity** to the therapist's real reply: cosine of sentence embeddings (MiniLM and MPNet);
-* **form** (question / reflection / other, :func:`ray_jobs.judge.reply_form`) next to the expert code of
+* **form** (question / reflection / other, :func:`emoguide.evaluation.reference.reply_form`) next to the expert code of
   the real reply.
 
 :func:`paired_bootstrap` compares two models on the same prompts (the CI of the mean paired difference).
@@ -24,15 +24,14 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.emotion import LABELS, valence_arousal
-from ray_jobs.dissonance import annotate
-from ray_jobs.judge import reply_form
-from ray_jobs.prompts import build_prompts
+from emoguide.evaluation.reference import reply_form
+from emoguide.prompts.build import build_prompts
+from emoguide.session.dissonance import annotate
 
 CUE_DIRICHLET_ALPHA = 0.6  # < 1: peaked distributions, as the classifiers give; a mix of agreeing and clashing turns
 
@@ -236,17 +235,3 @@ def summarise(scored: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     conditions = sorted({s["condition"] for s in scored})
     return {"all": block(scored), **{c: block([s for s in scored if s["condition"] == c]) for c in conditions}}
-
-
-def load_annomi(path: str | Path) -> Any:
-    """AnnoMI CSV with annotator copies collapsed (behaviour: majority over copies)."""
-    from ray_jobs.judge import _majority  # the AnnoMI loader's tie rule
-
-    import pandas as pd
-
-    df = pd.read_csv(path, dtype={"transcript_id": str}, keep_default_na=False)
-    df["utterance_id"] = df["utterance_id"].astype(int)
-    behaviour = df.groupby(["transcript_id", "utterance_id"])["main_therapist_behaviour"].agg(_majority)
-    utts = df.drop_duplicates(["transcript_id", "utterance_id"]).set_index(["transcript_id", "utterance_id"])
-    utts["main_therapist_behaviour"] = behaviour
-    return utts.reset_index().sort_values(["transcript_id", "utterance_id"], kind="stable")

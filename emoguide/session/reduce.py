@@ -18,20 +18,28 @@ happens here and not in a stage.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.diarize import CAMPP_DISTANCE_THRESHOLD, assign_words, cluster_speakers, speaker_turns, split_by_speaker
+from emoguide.session import dissonance
+from emoguide.session.face_tracks import FaceAttribution, attribute
+from emoguide.session.redact import redact, redact_words
+from emoguide.session.roles import assign_roles
 from models.emotion import confidence
 from models.face import AllFaces, FaceFrames, aggregate
+from models.speakers.clustering import (
+    CAMPP_DISTANCE_THRESHOLD,
+    assign_words,
+    cluster_speakers,
+    speaker_turns,
+    split_by_speaker,
+)
 from models.voice import VoiceEmotion, prosody
 from models.whisper_voice import WhisperVoiceEmotion, pool_moments
-from ray_jobs import dissonance
-from ray_jobs.config import RunConfig
-from ray_jobs.face_tracks import FaceAttribution, attribute
-from ray_jobs.redact import redact, redact_words
-from ray_jobs.roles import assign_roles
+
+if TYPE_CHECKING:  # the settings are built by ray_jobs.config; the reducer only reads them
+    from ray_jobs.config import RunConfig
 
 N_EGEMAPS = 88
 # Features for utterance spans (start, end) in session seconds: used for utterances made by splitting

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ray_jobs.storage import (
+from emoguide.dataio.storage import (
     StorageError,
     fingerprint_uri,
     is_uri,

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_jobs.judge import CRITERIA, REFERENCE, transcript_context
-from ray_jobs.tables import open_atomic
+from emoguide.dataio.tables import open_atomic
+from emoguide.evaluation.judge import CRITERIA, REFERENCE, transcript_context
 
 SHEET_COLUMNS = ("item", "context", "response", *CRITERIA, "comment")
 KEY_COLUMNS = ("item", "session_id", "utt_id", "condition", "model")

@@ -1,6 +1,6 @@
 """Word error rate against known sentences (GRID file names spell theirs; RAVDESS has two statements).
 
-Shared by the ASR tests and ``emoguide eval pipeline`` (``ray_jobs/pipeline_eval.py``), so that both
+Shared by the ASR tests and ``emoguide eval pipeline`` (``emoguide/evaluation/pipeline_eval.py``), so that both
 normalise text and count errors the same way.
 """
 

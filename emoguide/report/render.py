@@ -32,17 +32,14 @@ import jinja2
 import pyarrow.parquet as pq
 from markupsafe import Markup
 
+from emoguide.dataio.inputs import safe_id
+from emoguide.dataio.tables import open_atomic
+from emoguide.evaluation.judge import CRITERIA, REFERENCE
+from emoguide.prompts.conditions import CONDITIONS
 from models.emotion import LABELS
-from ray_jobs.inputs import safe_id
-from ray_jobs.tables import open_atomic
 
-ASSETS = Path(__file__).resolve().parent / "report_assets"
-CONDITIONS: tuple[str, ...] = ("text", "face", "voice", "multimodal", "dissonance")
-CRITERIA: tuple[str, ...] = ("empathy", "comprehensiveness", "applicability")
-REFERENCE_CONDITIONS = (
-    "reference",
-    "therapist",
-)  # judgements of the therapist's actual reply, if any
+ASSETS = Path(__file__).resolve().parent / "assets"
+REFERENCE_CONDITIONS = (REFERENCE,)  # judgements of the therapist's actual reply, if any
 # Every report page's policy (in a <meta> tag): inline CSS and the SVG only, no script, no fetch.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 MAX_PROMPT_CHARS = 20_000  # a shown prompt keeps its end (context + cue) beyond this
@@ -160,6 +157,86 @@ def plotted_utterances(
     return list(utts), "all speakers (no utterance is attributed to the client)"
 
 
+_Point = tuple[Mapping[str, Any], float, float, dict[str, float | None]]  # (utterance, start, end, values)
+_CHANNELS = (("face", FACE_COLOR, "-", "o"), ("voice", VOICE_COLOR, "--", "s"))  # (name, colour, line, marker)
+
+
+def _timeline_points(utts: Sequence[Mapping[str, Any]]) -> list[_Point]:
+    """The timed utterances in time order, with their face/voice valence and arousal (None if missing)."""
+    points = []
+    for u in sorted(utts, key=lambda u: _finite(u.get("start_s")) or 0.0):
+        start, end = _finite(u.get("start_s")), _finite(u.get("end_s"))
+        if start is None or end is None:
+            continue
+        values = {k: _finite(u.get(k)) for k in ("face_valence", "voice_valence", "face_arousal", "voice_arousal")}
+        points.append((u, start, max(end, start), values))
+    return points
+
+
+def _shade_dissonant(ax: Any, points: Sequence[_Point], dim: str, min_width: float) -> None:
+    """A clickable span over each dissonant utterance, at least ``min_width`` seconds wide."""
+    k = 0
+    for u, s, e, _ in points:
+        if not u.get("dissonance"):
+            continue
+        mid, half = (s + e) / 2, max(e - s, min_width) / 2
+        span = ax.axvspan(mid - half, mid + half, color=DISSONANT_COLOR, alpha=0.18, lw=0, zorder=1)
+        span.set_url(f"#utt-{u.get('utt_id')}")
+        span.set_gid(f"dissonant-{k}-{dim}")
+        k += 1
+
+
+def _plot_channels(ax: Any, points: Sequence[_Point], dim: str, marker_size: int) -> None:
+    """Face and voice lines over the utterances' midpoints (gaps where a value is missing), and a clickable
+    dot per value."""
+    nan = float("nan")
+    mids = [(s + e) / 2 for _, s, e, _ in points]
+    urls = [f"#utt-{u.get('utt_id')}" for u, *_ in points]
+    for channel, color, style, marker in _CHANNELS:
+        ys = [vals[f"{channel}_{dim}"] for *_, vals in points]
+        (line,) = ax.plot(mids, [nan if y is None else y for y in ys], color=color, ls=style, lw=1.4, zorder=3)
+        line.set_gid(f"{channel}-{dim}-line")
+        keep = [i for i, y in enumerate(ys) if y is not None]
+        if keep:
+            dots = ax.scatter([mids[i] for i in keep], [ys[i] for i in keep], s=marker_size, color=color,
+                              marker=marker, zorder=4)
+            dots.set_urls([urls[i] for i in keep])
+            dots.set_gid(f"{channel}-{dim}-points")
+
+
+def _dimension_axes(ax: Any, points: Sequence[_Point], dim: str, t_end: float, marker_size: int) -> None:
+    """One panel (valence or arousal): dissonant spans, the zero line, both channels, a fixed -1..1 scale."""
+    _shade_dissonant(ax, points, dim, max(t_end, 1e-6) / 300)  # a short dissonant utterance stays clickable
+    ax.patch.set_gid(f"axes-{dim}")  # its extent maps time to x (the studio's playhead)
+    ax.axhline(0, color="#999999", lw=0.8, zorder=2)
+    _plot_channels(ax, points, dim, marker_size)
+    ax.set_ylim(-1.08, 1.08)
+    ax.set_yticks([-1, -0.5, 0, 0.5, 1])
+    ax.set_ylabel(dim)
+    ax.grid(True, axis="y", color="#e5e5e5", lw=0.6)
+    ax.set_xlim(0, t_end if t_end > 0 else 1)
+
+
+def _time_axis(ax: Any, width_in: float, t_end: float) -> None:
+    """Session time ticks (about one per inch), in m:ss, with tenths for sessions under a minute."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=max(6, int(width_in * 1.2)), steps=[1, 2, 5, 10]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt_time(x, decimals=0 if t_end >= 60 else 1)))
+    ax.set_xlabel("time in session")
+
+
+def _legend(ax: Any) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        *(Line2D([], [], color=color, ls=style, marker=marker, label=name) for name, color, style, marker in _CHANNELS),
+        Patch(color=DISSONANT_COLOR, alpha=0.18, label="dissonant utterance (click to open)"),
+    ]
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False, borderaxespad=0.2)
+
+
 def timeline_svg(
     utts: Sequence[Mapping[str, Any]], duration_s: float | None = None
 ) -> str | None:
@@ -171,113 +248,21 @@ def timeline_svg(
     """
     import matplotlib
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    points = []
-    for u in sorted(utts, key=lambda u: _finite(u.get("start_s")) or 0.0):
-        start, end = _finite(u.get("start_s")), _finite(u.get("end_s"))
-        if start is None or end is None:
-            continue
-        values = {
-            k: _finite(u.get(k))
-            for k in ("face_valence", "voice_valence", "face_arousal", "voice_arousal")
-        }
-        points.append((u, start, max(end, start), values))
+    points = _timeline_points(utts)
     if not points or all(v is None for *_, vals in points for v in vals.values()):
         return None
-
     t_end = max([_finite(duration_s) or 0.0] + [p[2] for p in points])
-    min_width = (
-        max(t_end, 1e-6) / 300
-    )  # a short dissonant utterance stays visible and clickable
     width_in = min(40.0, max(10.0, 4.0 + 0.06 * len(points)))
     marker_size = 22 if len(points) <= 150 else 10
-    nan = float("nan")
-
-    with matplotlib.rc_context(
-        {
-            "svg.fonttype": "none",
-            "svg.hashsalt": "emoguide-report",
-            "font.family": "sans-serif",
-            "font.size": 10,
-        }
-    ):
+    style = {"svg.fonttype": "none", "svg.hashsalt": "emoguide-report", "font.family": "sans-serif", "font.size": 10}
+    with matplotlib.rc_context(style):
         fig = Figure(figsize=(width_in, 4.6), layout="constrained")
         ax_v, ax_a = fig.subplots(2, 1, sharex=True)
-        mids = [(s + e) / 2 for _, s, e, _ in points]
-        urls = [f"#utt-{u.get('utt_id')}" for u, *_ in points]
         for ax, dim in ((ax_v, "valence"), (ax_a, "arousal")):
-            k = 0
-            for u, s, e, _ in points:
-                if not u.get("dissonance"):
-                    continue
-                mid, half = (s + e) / 2, max(e - s, min_width) / 2
-                span = ax.axvspan(
-                    mid - half,
-                    mid + half,
-                    color=DISSONANT_COLOR,
-                    alpha=0.18,
-                    lw=0,
-                    zorder=1,
-                )
-                span.set_url(f"#utt-{u.get('utt_id')}")
-                span.set_gid(f"dissonant-{k}-{dim}")
-                k += 1
-            ax.patch.set_gid(f"axes-{dim}")  # its extent maps time to x (the studio's playhead)
-            ax.axhline(0, color="#999999", lw=0.8, zorder=2)
-            for channel, color, style, marker in (
-                ("face", FACE_COLOR, "-", "o"),
-                ("voice", VOICE_COLOR, "--", "s"),
-            ):
-                ys = [vals[f"{channel}_{dim}"] for *_, vals in points]
-                ys_plot = [nan if y is None else y for y in ys]
-                (line,) = ax.plot(
-                    mids, ys_plot, color=color, ls=style, lw=1.4, zorder=3
-                )
-                line.set_gid(f"{channel}-{dim}-line")
-                keep = [i for i, y in enumerate(ys) if y is not None]
-                if keep:
-                    dots = ax.scatter(
-                        [mids[i] for i in keep],
-                        [ys[i] for i in keep],
-                        s=marker_size,
-                        color=color,
-                        marker=marker,
-                        zorder=4,
-                    )
-                    dots.set_urls([urls[i] for i in keep])
-                    dots.set_gid(f"{channel}-{dim}-points")
-            ax.set_ylim(-1.08, 1.08)
-            ax.set_yticks([-1, -0.5, 0, 0.5, 1])
-            ax.set_ylabel(dim)
-            ax.grid(True, axis="y", color="#e5e5e5", lw=0.6)
-            ax.set_xlim(0, t_end if t_end > 0 else 1)
-        ax_a.xaxis.set_major_locator(
-            MaxNLocator(nbins=max(6, int(width_in * 1.2)), steps=[1, 2, 5, 10])
-        )
-        ax_a.xaxis.set_major_formatter(
-            FuncFormatter(lambda x, _: fmt_time(x, decimals=0 if t_end >= 60 else 1))
-        )
-        ax_a.set_xlabel("time in session")
-        handles = [
-            Line2D([], [], color=FACE_COLOR, ls="-", marker="o", label="face"),
-            Line2D([], [], color=VOICE_COLOR, ls="--", marker="s", label="voice"),
-            Patch(
-                color=DISSONANT_COLOR,
-                alpha=0.18,
-                label="dissonant utterance (click to open)",
-            ),
-        ]
-        ax_v.legend(
-            handles=handles,
-            loc="lower left",
-            bbox_to_anchor=(0, 1.0),
-            ncol=3,
-            frameon=False,
-            borderaxespad=0.2,
-        )
+            _dimension_axes(ax, points, dim, t_end, marker_size)
+        _time_axis(ax_a, width_in, t_end)
+        _legend(ax_v)
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     return _inline_svg(buf.getvalue(), width_in, t_end if t_end > 0 else 1.0)
@@ -388,76 +373,53 @@ def _score_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"criteria": criteria, "judges": judges, "cells": cells}
 
 
-def _interventions_view(
-    utts: list[dict[str, Any]],
-    interventions: list[dict[str, Any]],
-    judgements: list[dict[str, Any]] | None,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
-    """(turn blocks in time order, judge summary per condition × criterion, distinct model/params)."""
-    by_utt = {u.get("utt_id"): u for u in utts}
+def _join_keys(interventions: list[dict[str, Any]], judgements: list[dict[str, Any]] | None) -> list[str]:
+    """The columns of :data:`_KEYS` that both tables have: what joins a judgement to its intervention."""
     first_col = set(interventions[0]) if interventions else set()
-    keys = [
-        k for k in _KEYS if k in first_col and (not judgements or k in judgements[0])
-    ]
-    jidx = _judge_index(judgements or [], keys) if keys else {}
-    ref_keys = [k for k in keys if k != "model"]
-    ridx = _judge_index(
-        [j for j in judgements or [] if j.get("condition") in REFERENCE_CONDITIONS],
-        ref_keys,
-    )
+    return [k for k in _KEYS if k in first_col and (not judgements or k in judgements[0])]
 
-    turns: dict[Any, dict[str, Any]] = {}
-    configs: dict[tuple, dict[str, Any]] = {}
-    for row in interventions:
-        utt_id = row.get("utt_id")
-        turn = turns.get(utt_id)
-        if turn is None:
-            u = by_utt.get(utt_id, {})
-            ids = [i for i in (row.get("turn_utt_ids") or [utt_id]) if i is not None]
-            texts = [by_utt[i].get("text") or "" for i in ids if i in by_utt]
-            start = min(
-                (
-                    _finite(by_utt[i].get("start_s"))
-                    for i in ids
-                    if i in by_utt and _finite(by_utt[i].get("start_s")) is not None
-                ),
-                default=_finite(u.get("start_s")),
-            )
-            ref_rows = []
-            for cond in REFERENCE_CONDITIONS:
-                ref_rows += ridx.get(
-                    tuple({**row, "condition": cond}.get(k) for k in ref_keys), []
-                )
-            turn = turns[utt_id] = {
-                "utt_id": utt_id,
-                "anchor": f"utt-{utt_id}",
-                "start_s": start,
-                "client_text": " ".join(t for t in texts if t) or (u.get("text") or ""),
-                "dissonance": bool(u.get("dissonance")),
-                "dissonance_label": u.get("dissonance_label"),
-                "reference": row.get("reference"),
-                "reference_scores": _score_table(ref_rows),
-                "models": {},
-            }
-        if turn["reference"] is None and row.get("reference") is not None:
-            turn["reference"] = row.get("reference")
-        model = row.get("model")
-        params = _compact(row.get("params"))
-        configs.setdefault((model, params), {"model": model, "params": params})
-        jrows = jidx.get(tuple(row.get(k) for k in keys), []) if keys else []
-        turn["models"].setdefault(model, {}).setdefault(
-            row.get("condition"), []
-        ).append(
-            {
-                "condition": row.get("condition"),
-                "generation": row.get("generation"),
-                "error": row.get("error"),
-                "cue": _compact(row.get("cue")),
-                "prompt": _prompt_text(row.get("prompt")),
-                "scores": _score_table(jrows),
-            }
-        )
 
+def _new_turn(
+    row: dict[str, Any], by_utt: Mapping[Any, dict[str, Any]], ridx: Mapping[tuple, list[dict[str, Any]]],
+    ref_keys: Sequence[str],
+) -> dict[str, Any]:
+    """The block of one client turn (the utterances merged into it), with the reference reply's scores."""
+    utt_id = row.get("utt_id")
+    u = by_utt.get(utt_id, {})
+    ids = [i for i in (row.get("turn_utt_ids") or [utt_id]) if i is not None]
+    texts = [by_utt[i].get("text") or "" for i in ids if i in by_utt]
+    starts = (_finite(by_utt[i].get("start_s")) for i in ids if i in by_utt)
+    start = min((t for t in starts if t is not None), default=_finite(u.get("start_s")))
+    ref_rows = []
+    for cond in REFERENCE_CONDITIONS:
+        ref_rows += ridx.get(tuple({**row, "condition": cond}.get(k) for k in ref_keys), [])
+    return {
+        "utt_id": utt_id,
+        "anchor": f"utt-{utt_id}",
+        "start_s": start,
+        "client_text": " ".join(t for t in texts if t) or (u.get("text") or ""),
+        "dissonance": bool(u.get("dissonance")),
+        "dissonance_label": u.get("dissonance_label"),
+        "reference": row.get("reference"),
+        "reference_scores": _score_table(ref_rows),
+        "models": {},
+    }
+
+
+def _card(row: dict[str, Any], jrows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One generated intervention as shown: its condition, text or error, cue, prompt and scores."""
+    return {
+        "condition": row.get("condition"),
+        "generation": row.get("generation"),
+        "error": row.get("error"),
+        "cue": _compact(row.get("cue")),
+        "prompt": _prompt_text(row.get("prompt")),
+        "scores": _score_table(jrows),
+    }
+
+
+def _turn_blocks(turns: Mapping[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns in time order (untimed last), each model's cards in condition order."""
     blocks = []
     for turn in turns.values():
         models = []
@@ -467,41 +429,61 @@ def _interventions_view(
         turn["models"] = models
         blocks.append(turn)
     blocks.sort(key=lambda t: (t["start_s"] is None, t["start_s"] or 0.0))
+    return blocks
 
-    summary = None
-    if judgements:
-        cond_of = {}
-        for row in interventions:
-            cond_of[tuple(row.get(k) for k in keys)] = row.get("condition")
-        agg: dict[tuple[str, str], list[float]] = {}
-        for j in judgements:
-            cond = (
-                j.get("condition")
-                if "condition" in j
-                else cond_of.get(tuple(j.get(k) for k in keys))
-            )
-            score = _finite(j.get("score"))
-            if cond is not None and score is not None:
-                agg.setdefault((cond, j.get("criterion")), []).append(score)
-        if agg:
-            conds = _order((c for c, _ in agg), CONDITIONS + REFERENCE_CONDITIONS)
-            crits = _order((k for _, k in agg), CRITERIA)
-            summary = {
-                "conditions": conds,
-                "criteria": crits,
-                "cells": {
-                    c: {
-                        k: (
-                            {"mean": sum(v) / len(v), "n": len(v)}
-                            if (v := agg.get((c, k)))
-                            else None
-                        )
-                        for k in crits
-                    }
-                    for c in conds
-                },
-            }
-    return blocks, summary, list(configs.values())
+
+def _judge_summary(
+    interventions: list[dict[str, Any]], judgements: list[dict[str, Any]], keys: Sequence[str]
+) -> dict[str, Any] | None:
+    """Mean judge score and count per condition x criterion (None when nothing was scored)."""
+    cond_of = {tuple(row.get(k) for k in keys): row.get("condition") for row in interventions}
+    agg: dict[tuple[str, str], list[float]] = {}
+    for j in judgements:
+        cond = j.get("condition") if "condition" in j else cond_of.get(tuple(j.get(k) for k in keys))
+        score = _finite(j.get("score"))
+        if cond is not None and score is not None:
+            agg.setdefault((cond, j.get("criterion")), []).append(score)
+    if not agg:
+        return None
+    conds = _order((c for c, _ in agg), CONDITIONS + REFERENCE_CONDITIONS)
+    crits = _order((k for _, k in agg), CRITERIA)
+    return {
+        "conditions": conds,
+        "criteria": crits,
+        "cells": {
+            c: {k: ({"mean": sum(v) / len(v), "n": len(v)} if (v := agg.get((c, k))) else None) for k in crits}
+            for c in conds
+        },
+    }
+
+
+def _interventions_view(
+    utts: list[dict[str, Any]],
+    interventions: list[dict[str, Any]],
+    judgements: list[dict[str, Any]] | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+    """(turn blocks in time order, judge summary per condition × criterion, distinct model/params)."""
+    by_utt = {u.get("utt_id"): u for u in utts}
+    keys = _join_keys(interventions, judgements)
+    jidx = _judge_index(judgements or [], keys) if keys else {}
+    ref_keys = [k for k in keys if k != "model"]
+    ridx = _judge_index([j for j in judgements or [] if j.get("condition") in REFERENCE_CONDITIONS], ref_keys)
+    turns: dict[Any, dict[str, Any]] = {}
+    configs: dict[tuple, dict[str, Any]] = {}
+    for row in interventions:
+        utt_id = row.get("utt_id")
+        turn = turns.get(utt_id)
+        if turn is None:
+            turn = turns[utt_id] = _new_turn(row, by_utt, ridx, ref_keys)
+        if turn["reference"] is None and row.get("reference") is not None:
+            turn["reference"] = row.get("reference")
+        model = row.get("model")
+        params = _compact(row.get("params"))
+        configs.setdefault((model, params), {"model": model, "params": params})
+        jrows = jidx.get(tuple(row.get(k) for k in keys), []) if keys else []
+        turn["models"].setdefault(model, {}).setdefault(row.get("condition"), []).append(_card(row, jrows))
+    summary = _judge_summary(interventions, judgements, keys) if judgements else None
+    return _turn_blocks(turns), summary, list(configs.values())
 
 
 def _utterance_rows(

@@ -33,12 +33,10 @@ videos are cut, and a cue that cannot be checked on real sessions should not vot
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 THERAPIST = "therapist"
 CLIENT = "client"
@@ -208,103 +206,3 @@ def _confidence(a: tuple[float, float, int], b: tuple[float, float, int]) -> flo
     se = math.sqrt(va / max(na, 1) + vb / max(nb, 1))
     z = (ma - mb) / se
     return max(0.0, math.erf(z / math.sqrt(2.0)))
-
-
-def _seconds(stamp: str) -> float:
-    """"hh:mm:ss" (AnnoMI; one row has "00:09:025", read as 9 min 25 s) to seconds."""
-    total = 0.0
-    for part in str(stamp).strip().split(":"):
-        total = total * 60 + float(part)
-    return total
-
-
-def annomi_sessions(csv_path: str | Path, seed: int = 0) -> list[dict]:
-    """AnnoMI transcripts as sessions of anonymised utterances, with the hidden truth beside them.
-
-    AnnoMI repeats a transcript's utterances once per annotator, so rows are deduplicated on
-    (transcript_id, utterance_id) (the text, timestamp and interlocutor are identical across
-    annotators). start_s comes from the timestamp; end_s from the next utterance's start (never before
-    its own start), and for the last utterance from a speaking rate of 2.5 words/s. Each transcript's
-    interlocutors are mapped to "S0"/"S1" in a seeded random order so that label order cannot leak.
-    Returns dicts: transcript_id, mi_quality, utterances (speaker/text/start_s/end_s), truth
-    (speaker label -> role).
-    """
-    import pandas as pd
-
-    df = pd.read_csv(csv_path)
-    df = df.drop_duplicates(["transcript_id", "utterance_id"]).sort_values(["transcript_id", "utterance_id"])
-    rng = random.Random(seed)
-    sessions = []
-    for tid, rows in df.groupby("transcript_id", sort=True):
-        people = sorted(rows["interlocutor"].unique())
-        rng.shuffle(people)
-        label = {p: f"S{i}" for i, p in enumerate(people)}
-        starts = [_seconds(t) for t in rows["timestamp"]]
-        texts = [str(t) if isinstance(t, str) else "" for t in rows["utterance_text"]]
-        utts = []
-        for i, (who, text) in enumerate(zip(rows["interlocutor"], texts)):
-            end = starts[i + 1] if i + 1 < len(starts) else starts[i] + len(text.split()) / 2.5
-            utts.append(
-                {"speaker": label[who], "text": text, "start_s": starts[i], "end_s": max(end, starts[i])}
-            )
-        sessions.append(
-            {
-                "transcript_id": int(tid),
-                "mi_quality": str(rows["mi_quality"].iloc[0]),
-                "utterances": utts,
-                "truth": {label[p]: p for p in people},
-            }
-        )
-    return sessions
-
-
-def evaluate_annomi(
-    csv_path: str | Path,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    transcript_filter=None,
-    seed: int = 0,
-) -> dict:
-    """Role-assignment accuracy on AnnoMI-format transcripts (speakers anonymised, see annomi_sessions).
-
-    ``transcript_filter`` (optional callable on transcript_id) selects a subset, e.g. for a split.
-    Returns: ``sessions`` (count), ``session_accuracy`` (every speaker's role right),
-    ``utterance_accuracy`` (each utterance's role right; "unknown" counts as wrong), ``abstained``
-    (share of sessions left all "unknown"), ``errors`` (transcript ids with a wrong, non-unknown role),
-    and ``by_quality``: the same numbers per ``mi_quality`` (high / low).
-    """
-    results = []
-    for sess in annomi_sessions(csv_path, seed=seed):
-        if transcript_filter is not None and not transcript_filter(sess["transcript_id"]):
-            continue
-        got = assign_roles(sess["utterances"], min_confidence=min_confidence)
-        truth = sess["truth"]
-        utt_right = sum(got.role_for(u["speaker"]) == truth[u["speaker"]] for u in sess["utterances"])
-        results.append(
-            {
-                "transcript_id": sess["transcript_id"],
-                "mi_quality": sess["mi_quality"],
-                "right": all(got.role_for(s) == r for s, r in truth.items()),
-                "abstained": all(r == UNKNOWN for r in got.roles.values()),
-                "wrong": any(got.role_for(s) not in (r, UNKNOWN) for s, r in truth.items()),
-                "utt_right": utt_right,
-                "utt_total": len(sess["utterances"]),
-            }
-        )
-
-    def summary(rows: list[dict]) -> dict:
-        n = len(rows)
-        total = sum(r["utt_total"] for r in rows)
-        return {
-            "sessions": n,
-            "session_accuracy": sum(r["right"] for r in rows) / n if n else float("nan"),
-            "utterance_accuracy": sum(r["utt_right"] for r in rows) / total if total else float("nan"),
-            "abstained": sum(r["abstained"] for r in rows) / n if n else float("nan"),
-            "errors": [r["transcript_id"] for r in rows if r["wrong"]],
-        }
-
-    out = summary(results)
-    out["by_quality"] = {
-        q: summary([r for r in results if r["mi_quality"] == q])
-        for q in sorted({r["mi_quality"] for r in results})
-    }
-    return out

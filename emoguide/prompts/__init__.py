@@ -1,0 +1,1 @@
+"""Prompt templates (``templates/``) and the experimental conditions they are built for."""

@@ -1,0 +1,1 @@
+"""Per-session logic run by the reducer: utterances, roles, face tracks, dissonance, redaction."""
