@@ -313,6 +313,22 @@ def resolve(
     raise ModelNotFoundError(f"{slot}: weights for {name!r} not found; tried " + "; ".join(tried))
 
 
+def on_this_machine(model: ResolvedModel, allow_network: bool = False) -> ResolvedModel:
+    """The weights ``model`` (resolved once per run, on the driver) names, as found on this machine.
+
+    A Ray worker on another node may keep them elsewhere: they are looked up again by name there,
+    and anything but the same version is refused, so what a run records is what it ran.
+    """
+    if model.path.exists() and _version_of(model.path) == model.version:
+        return model
+    found = resolve(model.slot, model.name, allow_network=allow_network) if model.source != "path" else None
+    if found is None or found.version != model.version:
+        here = f"; here it is {found.version} at {found.path}" if found else ""
+        raise ModelNotFoundError(f"{model.slot}: the run's {model.name!r} ({model.version}, {model.path}) is not "
+                                 f"on this machine{here}")
+    return found
+
+
 def fetch(name: str) -> Path:
     """Download a model from the hub into the user cache (needs network) and return its path."""
     spec = SPECS.get(name)

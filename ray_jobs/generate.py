@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from models.registry import ResolvedModel, resolve
+from models.registry import ResolvedModel, on_this_machine
 from ray_jobs.config import GenerationConfig, RunConfig
+from ray_jobs.stages import actor_pool
 
 
 def sampling_params(c: GenerationConfig) -> dict[str, Any]:
@@ -68,13 +69,14 @@ def vllm_processor(c: GenerationConfig, model: ResolvedModel | str, model_name: 
 
 
 class CpuGenerationStage:
-    """The transformers twin: one model per actor, batched generation, failures kept per row."""
+    """The transformers twin: one model per actor, batched generation, failures kept per row.
+    ``model`` is the LLM the driver resolved for the run."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, model: ResolvedModel) -> None:
         from models.llm import TransformersGenerator
 
         c = config.generation
-        model = resolve("llm", c.model, c.path, allow_network=config.allow_network)
+        model = on_this_machine(model, allow_network=config.allow_network)
         self.model_name = model.name
         self.generator = TransformersGenerator(
             model, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
@@ -95,24 +97,29 @@ class CpuGenerationStage:
         return out
 
 
-_KEYS = ("session_id", "utt_id", "condition", "prompt", "reference", "template")
+_KEYS = ("session_id", "utt_id", "condition", "prompt", "reference", "template")  # travel with the prompt
+# Prompt columns the output keeps without sending them through the LLM pass: joined back on the driver.
+_CARRIED = ("cue", "turn_utt_ids")
 
 
-def generate(rows: list[dict[str, Any]], config: RunConfig) -> Iterator[dict[str, Any]]:
-    """Generate an intervention for each prompt row; rows come back as they finish (any order)."""
+def _row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A prompt row's identity: one client turn (its last utterance) under one condition."""
+    return row["session_id"], row["utt_id"], row["condition"]
+
+
+def generate(rows: list[dict[str, Any]], config: RunConfig, model: ResolvedModel) -> Iterator[dict[str, Any]]:
+    """Generate an intervention for each prompt row with ``model`` (resolved once for the run); rows
+    come back as they finish (any order), with the prompt's cue and turn utterances."""
     if not rows:
         return
     c = config.generation
     items = [{k: r[k] for k in _KEYS} for r in rows]
+    carried = {_row_key(r): {k: r[k] for k in _CARRIED} for r in rows}
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // c.batch_size, 64)))
     if c.engine == "vllm":
-        model = resolve("llm", c.model, c.path, allow_network=config.allow_network)
         ds = vllm_processor(c, model, model.name)(ds)
     else:
-        r = c.resources
-        ds = ds.map_batches(
-            CpuGenerationStage, fn_constructor_kwargs={"config": config}, batch_size=c.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-        )
-    yield from ds.iter_rows()
+        ds = ds.map_batches(CpuGenerationStage, fn_constructor_kwargs={"config": config, "model": model},
+                            batch_size=c.batch_size, **actor_pool(c.resources))
+    for row in ds.iter_rows():
+        yield {**row, **carried[_row_key(row)]}

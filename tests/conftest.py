@@ -46,7 +46,7 @@ def dialogue_run(tmp_path_factory) -> tuple[Path, Path, object]:
     out = tmp_path_factory.mktemp("gen") / "out"
     cfg = tmp_path_factory.mktemp("cfg") / "run.yaml"
     cfg.write_text("speakers: {therapist_speaker: S1}\ngeneration: {max_new_tokens: 24}\n")
-    proc = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
+    proc = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, cfg, proc
 
