@@ -28,6 +28,8 @@ from ray_jobs.storage import StorageError, is_uri, staged_output
 if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
     from ray_jobs.pipeline import RunSummary
 
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # argparse's handle on subcommands
+
 log = logging.getLogger("emoguide")
 
 
@@ -48,7 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "also show Ray's logs, the workers' progress bars and, on an error, its traceback"
-_Subparsers = argparse._SubParsersAction  # argparse's only handle on a parser's subcommands
 
 
 def _add_run(sub: _Subparsers) -> None:
@@ -210,9 +211,9 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool,
         quiet_environment()  # before Ray starts: local workers inherit it
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = ctx.print_on_execution_start = verbose
-    shown = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
+    level = logging.INFO if verbose else logging.ERROR
     if address:
-        context = ray.init(address=address, **shown)
+        context = ray.init(address=address, logging_level=level, log_to_driver=verbose)
     else:
         # Loopback only: by default Ray binds and talks on the machine's network address even on one
         # node; this setting (meant for single-node laptops) keeps every Ray connection on 127.0.0.1.
@@ -220,11 +221,12 @@ def _start_ray(address: str | None, num_cpus: int | None, verbose: bool,
         context = ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
+            logging_level=level,
+            log_to_driver=verbose,
             # Ray's default object store is 30% of RAM, and decode may run ahead of ASR into whatever it
             # is given: a fixed store bounds that (Ray Data throttles decode to fit).
             object_store_memory=object_store_mib * 2**20,
             _temp_dir=os.environ.get("RAY_TMPDIR"),
-            **shown,
         )
     if not verbose:
         quiet_ray_loggers()
