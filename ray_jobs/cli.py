@@ -303,7 +303,8 @@ def _process(args: argparse.Namespace, sessions: list[SessionInput], overrides: 
     session_dir = _start_ray(args.address, args.num_cpus, args.verbose, args.object_store_mib)
     import ray
 
-    driver_log = None if args.verbose or session_dir is None else session_dir / "logs" / "emoguide-driver.err"
+    logs = session_dir / "logs" if session_dir is not None else None  # none on a Ray Client connection
+    driver_log = logs / "emoguide-driver.err" if logs is not None and logs.is_dir() and not args.verbose else None
     with native_stderr_to(driver_log) as console:
         try:
             num_gpus = ray.cluster_resources().get("GPU", 0.0)
@@ -536,10 +537,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def error_lines(exc: BaseException, command: str) -> tuple[list[str], int]:
-    """(lines, exit code) of an error as the console shows it: one line and a hint, no traceback.
+    """(lines, exit code) of an error as the console shows it: the error and a hint, no traceback.
 
-    The commands' own errors are usage errors (exit 2); anything else is named by its type, with the
-    hint to run again with -v (exit 1); an interrupt says how to go on (exit 130).
+    The commands' own errors are usage errors (exit 2), shown as written (a list of problems in a file
+    keeps its lines); anything else is named by its type, its first line only, with the hint to run
+    again with -v (exit 1); an interrupt says how to go on (exit 130).
     """
     if isinstance(exc, KeyboardInterrupt):
         return ["emoguide: interrupted", "hint: the same command again resumes: finished sessions are kept"], 130
@@ -547,7 +549,7 @@ def error_lines(exc: BaseException, command: str) -> tuple[list[str], int]:
     for inner in chain:  # one of ours, even raised in a Ray worker
         for kind, hint in _HINTS.items():
             if isinstance(inner, kind):
-                return [f"emoguide: error: {_first_line(inner)}", f"hint: {hint.format(command=command)}"], 2
+                return [f"emoguide: error: {inner}", f"hint: {hint.format(command=command)}"], 2
     shown = next(inner for inner in chain if _ray_cause(inner) is None)  # the worker's error, not Ray's wrapper
     return [f"emoguide: error: {type(shown).__name__}: {_first_line(shown)}",
             f"hint: `emoguide -v {command} ...` shows the full traceback and Ray's logs"], 1
