@@ -52,8 +52,9 @@ def run_pair(name: str, engine: str, chats: list[list[dict[str, str]]], max_new_
 
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    gen = load_generator(engine, resolve("llm", name), max_new_tokens=max_new_tokens, batch_size=8,
-                         repetition_penalty=1.1)
+    extra = {"prefix_marker": "</transcript>"} if engine == "llamacpp" else {"batch_size": 8}
+    gen = load_generator(engine, resolve("llm", name), max_new_tokens=max_new_tokens, repetition_penalty=1.1,
+                         **extra)
     load_s = time.perf_counter() - t0
     per_prompt = []
     t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), help="MODEL:ENGINE")
     ap.add_argument("--prompts", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "llm_engines.json")
     args = ap.parse_args(argv)
     chats = prompts(args.prompts)

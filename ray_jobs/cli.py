@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ from emoguide.dataio.inputs import InputError, SessionInput, collect_sessions
 from emoguide.dataio.storage import StorageError, is_uri, staged_output
 from emoguide.evaluation.ratings import RatingsError
 from emoguide.report.render import ReportError
+from models.llm import ENGINES
 from models.registry import ModelNotFoundError
 from ray_jobs.config import PRESET_NAMES, ConfigError, RunConfig, choose_preset, load_config, preset_overrides
 from ray_jobs.runlock import RunLockError, run_lock
@@ -26,13 +29,31 @@ from ray_jobs.runlock import RunLockError, run_lock
 if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
     from ray_jobs.pipeline import RunSummary
 
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # argparse's handle on subcommands
+
 log = logging.getLogger("emoguide")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emoguide", description=__doc__.splitlines()[0])
+    parser.add_argument(*_VERBOSE, action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_submit(sub)
+    ev_sub = sub.add_parser("eval", help="measure model accuracy on labelled data").add_subparsers(
+        dest="eval_command", required=True)
+    _add_eval_of_models(ev_sub)
+    _add_eval_of_runs(ev_sub)
+    _add_report_and_studio(sub)
+    _add_models(sub)
+    return parser
 
+
+_VERBOSE = ("-v", "--verbose")
+_VERBOSE_HELP = "also show Ray's logs, the workers' progress bars and, on an error, its traceback"
+
+
+def _add_run(sub: _Subparsers) -> None:
     run = sub.add_parser("run", help="process session videos into emotion-annotated tables")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="video/audio files, folders, or CSV/Parquet manifests")
     run.add_argument("--out", required=True,
@@ -45,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     run.add_argument("--object-store-mib", type=int, default=1024,
                      help="object store of the local Ray instance; it bounds the chunks in flight (default 1024)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress line: failed sessions and the summary only")
+    # SUPPRESS: `emoguide -v run` and `emoguide run -v` both work (a default here would undo the first)
+    run.add_argument(*_VERBOSE, action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     run.add_argument("--preset", choices=PRESET_NAMES, default="auto",
                      help="devices and resources per stage (auto: cpu without GPUs, gpu-1 / gpu-n with them)")
     run.add_argument("--redact", action="store_true", help="replace names, places, numbers, e-mails in transcripts")
@@ -58,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-content", action="store_true",
                      help="also print each finished session's transcript (off by default: sessions are health data)")
 
+
+def _add_submit(sub: _Subparsers) -> None:
     submit = sub.add_parser("submit", help="run as a Ray job on a cluster (Ray Jobs API)")
     submit.add_argument("inputs", nargs="+", metavar="INPUT", help="paths every node can read, or s3:// / gs:// URIs")
     submit.add_argument("--out", required=True, help="output folder every node can write, or an object-store URI")
@@ -71,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="file with the cluster's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
                              "~/.ray/auth_token, as Ray looks them up)")
 
-    ev = sub.add_parser("eval", help="measure model accuracy on labelled data")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+
+def _add_eval_of_models(ev_sub: _Subparsers) -> None:
+    """``eval perception | pipeline | roles``: accuracy of the perception models and of the whole run."""
     perception = ev_sub.add_parser("perception", help="voice accuracy on RAVDESS files, face detection on videos")
     perception.add_argument("--ravdess", type=Path, help="folder of RAVDESS-named audio files")
     perception.add_argument("--actors", default="13-18", help="RAVDESS actors to score (default: held-out 13-18)")
@@ -98,20 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_argument("--annomi", type=Path, required=True, help="AnnoMI CSV (roles are hidden from the model)")
     roles.add_argument("--json", type=Path, help="also write the full report here")
 
-    report = sub.add_parser("report", help="self-contained HTML report of a run folder")
-    report.add_argument("run_dir", type=Path)
-    report.add_argument("--session", help="only this session's page (and the index)")
-    report.add_argument("--out", type=Path, help="folder for the HTML files (default: RUN_DIR/report)")
-    studio = sub.add_parser("studio", add_help=False, help="review app: watch sessions, rate interventions blind "
-                            "(`emoguide studio --help`)")  # fmt: skip
-    studio.add_argument("studio_args", nargs=argparse.REMAINDER)
 
+def _add_eval_of_runs(ev_sub: _Subparsers) -> None:
+    """``eval judge | metrics | compare | rating-sheet | import-ratings | agreement | annomi``."""
     judge = ev_sub.add_parser("judge", help="LLM judge: empathy, comprehensiveness, applicability (1-5)")
     judge.add_argument("run_dir", type=Path)
     judge.add_argument("--model", help="judge LLM from the registry (default: the llm slot's default)")
     judge.add_argument("--path", help="judge LLM weights by path")
     judge.add_argument("--limit", type=int, help="judge only the first N client turns (all conditions of each)")
-    judge.add_argument("--batch-size", type=int, default=4)
+    judge.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass (transformers engine)")
+    judge.add_argument("--engine", choices=ENGINES, help="CPU engine (default: llamacpp for a GGUF model)")
     metrics = ev_sub.add_parser("metrics", help="ROUGE-L, embedding similarity, length and form vs the therapist")
     metrics.add_argument("run_dir", type=Path)
     compare = ev_sub.add_parser("compare", help="per-condition means with bootstrap CIs; paired tests vs a baseline")
@@ -137,15 +160,27 @@ def _parser() -> argparse.ArgumentParser:
     annomi.add_argument("file", type=Path)
     annomi.add_argument("--out", type=Path, help="folder for annomi_judge.json")
     annomi.add_argument("--per-transcript", type=int, default=3)
-    annomi.add_argument("--model")
-    annomi.add_argument("--batch-size", type=int, default=4)
+    annomi.add_argument("--model", help="judge LLM from the registry (default: the llm slot's default)")
+    annomi.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass (transformers engine)")
+    annomi.add_argument("--engine", choices=ENGINES, help="CPU engine (default: llamacpp for a GGUF model)")
 
+
+def _add_report_and_studio(sub: _Subparsers) -> None:
+    report = sub.add_parser("report", help="self-contained HTML report of a run folder")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--session", help="only this session's page (and the index)")
+    report.add_argument("--out", type=Path, help="folder for the HTML files (default: RUN_DIR/report)")
+    studio = sub.add_parser("studio", add_help=False, help="review app: watch sessions, rate interventions blind "
+                            "(`emoguide studio --help`)")  # fmt: skip
+    studio.add_argument("studio_args", nargs=argparse.REMAINDER)
+
+
+def _add_models(sub: _Subparsers) -> None:
     models = sub.add_parser("models", help="list or fetch model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     models_sub.add_parser("list", help="each slot's models, where their weights resolve, size and licence")
     fetch = models_sub.add_parser("fetch", help="download a production model into the cache (needs network)")
     fetch.add_argument("name", help="model name from `emoguide models list`")
-    return parser
 
 
 # A closed loopback port: plain HTTP(S) clients that honour proxy variables (requests, urllib, gRPC)
@@ -166,47 +201,59 @@ def guard_network() -> None:
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost,127.0.0.1,::1"
 
 
-def _start_ray(address: str | None, num_cpus: int | None, quiet: bool, object_store_mib: int = 1024) -> None:
+def _start_ray(address: str | None, num_cpus: int | None, verbose: bool,
+               object_store_mib: int = 1024) -> Path | None:
+    """Start Ray here (or join ``address``) and return its session folder (None for a Ray Client
+    connection). Without ``verbose`` Ray's logs, its workers' output and Ray Data's progress bars stay
+    off the console (Ray's log files in the session folder keep them)."""
     import ray
 
-    if quiet:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    from ray_jobs.console import quiet_environment, quiet_ray_loggers
+
+    if not verbose:
+        quiet_environment()  # before Ray starts: local workers inherit it
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = verbose
+    level = logging.INFO if verbose else logging.ERROR
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
-    # Loopback only: by default Ray binds and talks on the machine's network address even on one node;
-    # this setting (meant for single-node laptops) keeps every Ray connection on 127.0.0.1.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        _node_ip_address="127.0.0.1",
-        # Ray's default object store is 30% of RAM, and decode may run ahead of ASR into whatever it is
-        # given: a fixed store bounds that (Ray Data throttles decode to fit).
-        object_store_memory=object_store_mib * 2**20,
-        _temp_dir=os.environ.get("RAY_TMPDIR"),
-    )
+        context = ray.init(address=address, logging_level=level, log_to_driver=verbose)
+    else:
+        # Loopback only: by default Ray binds and talks on the machine's network address even on one
+        # node; this setting (meant for single-node laptops) keeps every Ray connection on 127.0.0.1.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        context = ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            logging_level=level,
+            log_to_driver=verbose,
+            # Ray's default object store is 30% of RAM, and decode may run ahead of ASR into whatever it
+            # is given: a fixed store bounds that (Ray Data throttles decode to fit).
+            object_store_memory=object_store_mib * 2**20,
+            _temp_dir=os.environ.get("RAY_TMPDIR"),
+        )
+    if not verbose:
+        quiet_ray_loggers()
+    session_dir = getattr(context, "address_info", {}).get("session_dir")
+    return Path(session_dir) if session_dir else None
 
 
-def _print_session(row: dict, done: int, total: int) -> None:
-    detail = f"{row['n_utterances']} utterances" if row["status"] != "failed" else f"{row['failed_stage']}: {row['error']}"
-    print(f"[{done}/{total}] {row['session_id']}: {row['status']} ({detail})", file=sys.stderr, flush=True)
-
-
-def _print_session_with_content(out_dir: Path):
-    """``--log-content``: the progress line, then the session's transcript, read back from its part file."""
+def _session_lines(out_dir: Path, log_content: bool) -> Callable[[dict], list[str]]:
+    """What a finished session prints above the progress line: a failed or partial one, a line saying
+    why; with ``--log-content`` every session, and its transcript read back from its part file."""
     import pyarrow.parquet as pq
 
     from emoguide.dataio.tables import part_paths
+    from ray_jobs.console import failure_line
 
-    def show(row: dict, done: int, total: int) -> None:
-        _print_session(row, done, total)
+    def lines(row: dict) -> list[str]:
+        if not log_content:
+            return [line] if (line := failure_line(row)) else []
         path = part_paths(out_dir, row["session_id"])["utterances"]
-        for utt in pq.read_table(path, columns=["start_s", "role", "text"]).to_pylist() if path.exists() else []:
-            print(f"    {utt['start_s']:8.2f} {utt['role']:<9} {utt['text']}", file=sys.stderr)
+        utts = pq.read_table(path, columns=["start_s", "role", "text"]).to_pylist() if path.exists() else []
+        return [failure_line(row) or f"{row['session_id']}: ok ({row['n_utterances']} utterances)",
+                *(f"    {u['start_s']:8.2f} {u['role']:<9} {u['text']}" for u in utts)]
 
-    return show
+    return lines
 
 
 def run_overrides(args: argparse.Namespace) -> dict:
@@ -251,21 +298,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _process(args: argparse.Namespace, sessions: list[SessionInput], overrides: dict,
              out_dir: Path) -> tuple[RunSummary, RunConfig]:
-    """Start (or join) Ray, choose the preset from its GPUs and run; Ray is shut down whatever happens."""
+    """Start (or join) Ray, choose the preset from its GPUs and run under the progress line; Ray is
+    shut down whatever happens. Without -v the driver's own stderr goes to Ray's log folder."""
+    from ray_jobs.console import Progress, logging_to, native_stderr_to
     from ray_jobs.pipeline import run_pipeline
 
-    _start_ray(args.address, args.num_cpus, args.quiet, args.object_store_mib)
+    session_dir = _start_ray(args.address, args.num_cpus, args.verbose, args.object_store_mib)
     import ray
 
-    try:
-        num_gpus = ray.cluster_resources().get("GPU", 0.0)
-        preset, reason = choose_preset(args.preset, num_gpus)
-        print(reason, file=sys.stderr)
-        config = load_config(args.config, overrides, preset=preset_overrides(preset, num_gpus))
-        on_session = _print_session_with_content(out_dir) if args.log_content else _print_session
-        return run_pipeline(sessions, out_dir, config, force=args.force, on_session=on_session), config
-    finally:
-        ray.shutdown()
+    logs = session_dir / "logs" if session_dir is not None else None  # none on a Ray Client connection
+    driver_log = logs / "emoguide-driver.err" if logs is not None and logs.is_dir() and not args.verbose else None
+    with native_stderr_to(driver_log) as console:
+        try:
+            num_gpus = ray.cluster_resources().get("GPU", 0.0)
+            preset, reason = choose_preset(args.preset, num_gpus)
+            print(reason, file=console)
+            config = load_config(args.config, overrides, preset=preset_overrides(preset, num_gpus))
+            # with -v Ray's own output shares the console: plain lines, never redrawn in place over it
+            progress = Progress(console, show_line=not args.quiet, interactive=False if args.verbose else None,
+                                describe=_session_lines(out_dir, args.log_content))
+            with progress, logging_to(progress):
+                return run_pipeline(sessions, out_dir, config, force=args.force, events=progress), config
+        finally:
+            ray.shutdown()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -277,16 +332,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.allow_network:
         guard_network()
     started = time.monotonic()
-    try:  # a URI: local staging, synced to the bucket on exit; the lock is taken before Ray starts
-        with staged_output(args.out) as out_dir, run_lock(out_dir, wait=args.wait_lock):
-            summary, config = _process(args, sessions, overrides, out_dir)
-    except RunLockError as exc:
-        print(f"emoguide: error: {exc}", file=sys.stderr)
-        return 2
-    wall = time.monotonic() - started
+    # a URI: local staging, synced to the bucket on exit; the lock is taken before Ray starts
+    with staged_output(args.out) as out_dir, run_lock(out_dir, wait=args.wait_lock):
+        summary, config = _process(args, sessions, overrides, out_dir)
+    _print_summary(args.out, summary, config, time.monotonic() - started)
+    return 0 if summary.count("failed") == 0 and summary.count("partial") == 0 else 1
+
+
+def _print_summary(out: str, summary: RunSummary, config: RunConfig, wall: float) -> None:
+    """Where the tables are, and what the run did."""
     ok, failed, partial = summary.count("ok"), summary.count("failed"), summary.count("partial")
     media_h = summary.media_s / 3600
-    print(f"\nresults: {args.out if is_uri(args.out) else Path(args.out).resolve()}")
+    print(f"\nresults: {out if is_uri(out) else Path(out).resolve()}")
     tables = "sessions.parquet, utterances.parquet" + (", interventions.parquet" if config.generation.enabled else "")
     print(f"  {tables}  ({len(summary.sessions)} sessions)")
     print(f"sessions: {ok} ok, {failed} failed, {partial} partial ({summary.skipped} already complete, skipped)")
@@ -297,7 +354,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         rate = summary.generated_tokens / summary.generation_s if summary.generation_s else 0.0
         print(f"interventions: {summary.n_interventions} generated, {summary.generated_tokens} tokens "
               f"in {summary.generation_s:.1f} s ({rate:.1f} tokens/s)")
-    return 0 if failed == 0 and partial == 0 else 1
 
 
 def _size(path: Path) -> int:
@@ -325,12 +381,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _judge_generator(model: str | None, path: str | None, batch_size: int):
-    from models.llm import TransformersGenerator
+def _judge_generator(model: str | None, path: str | None, batch_size: int, engine: str | None = None):
+    """The judge LLM: llama.cpp for a GGUF file (its replies constrained to the rubric's line format),
+    transformers otherwise, unless ``engine`` says which."""
+    from emoguide.evaluation.judge import JUDGE_MAX_NEW_TOKENS, judge_grammar
+    from models.llm import load_generator
     from models.registry import resolve
 
     resolved = resolve("llm", model, path)
-    return TransformersGenerator(resolved, max_new_tokens=64, batch_size=batch_size), resolved.name
+    engine = engine or ("llamacpp" if Path(resolved.path).suffix == ".gguf" else "transformers")
+    settings: dict = {"grammar": judge_grammar()} if engine == "llamacpp" else {"batch_size": batch_size}
+    return load_generator(engine, resolved, max_new_tokens=JUDGE_MAX_NEW_TOKENS, **settings), resolved.name
 
 
 def _print_json(report: dict, out: Path | None) -> None:
@@ -353,7 +414,7 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
 
     cmd = args.eval_command
     if cmd == "judge":
-        generator, name = _judge_generator(args.model, args.path, args.batch_size)
+        generator, name = _judge_generator(args.model, args.path, args.batch_size, args.engine)
         print(f"judgements: {judge.judge_run(args.run_dir, generator, name, limit=args.limit)}")
     elif cmd == "metrics":
         reference.reference_metrics(args.run_dir)
@@ -412,7 +473,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "annomi":
         from emoguide.evaluation.annomi import evaluate_judge as evaluate_annomi
 
-        generator, name = _judge_generator(args.model, None, args.batch_size)
+        generator, name = _judge_generator(args.model, None, args.batch_size, args.engine)
         report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
         _print_json(report, args.out / "annomi_judge.json" if args.out else None)
         return 0
@@ -455,32 +516,89 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# The commands' own errors, whose messages are written for users, and what to do about each.
+_HINTS: dict[type[Exception], str] = {
+    ConfigError: "the config's keys and values are listed in README.md, Configuration",
+    InputError: "`emoguide {command} --help` says what it expects",
+    ModelNotFoundError: "`emoguide models list` shows where each model's weights are looked for",
+    RunLockError: "--wait-lock waits for the other run; a different --out runs beside it",
+    StorageError: "check the URI, and the object store's endpoint and credentials in the environment",
+    ReportError: "give the folder an `emoguide run` wrote (its --out)",
+    RatingsError: "a sheet and its key come from `emoguide eval rating-sheet`",
+}
+
+
+def _ray_cause(exc: BaseException) -> BaseException | None:
+    """The worker's error a Ray task error carries (None for any other error)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it wraps, outermost first (Ray's ``cause``, Python's ``__cause__``)."""
+    chain: list[BaseException] = []
+    inner: BaseException | None = exc
+    while inner is not None and all(inner is not seen for seen in chain):
+        chain.append(inner)
+        inner = _ray_cause(inner) or inner.__cause__
+    return chain
+
+
+def error_lines(exc: BaseException, command: str) -> tuple[list[str], int]:
+    """(lines, exit code) of an error as the console shows it: the error and a hint, no traceback.
+
+    The commands' own errors are usage errors (exit 2), shown as written (a list of problems in a file
+    keeps its lines); anything else is named by its type, its first line only, with the hint to run
+    again with -v (exit 1); an interrupt says how to go on (exit 130).
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return ["emoguide: interrupted", "hint: the same command again resumes: finished sessions are kept"], 130
+    chain = _chain(exc)
+    for inner in chain:  # one of ours, even raised in a Ray worker
+        for kind, hint in _HINTS.items():
+            if isinstance(inner, kind):
+                return [f"emoguide: error: {inner}", f"hint: {hint.format(command=command)}"], 2
+    shown = next(inner for inner in chain if _ray_cause(inner) is None)  # the worker's error, not Ray's wrapper
+    return [f"emoguide: error: {type(shown).__name__}: {_first_line(shown)}",
+            f"hint: `emoguide -v {command} ...` shows the full traceback and Ray's logs"], 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "(no message)")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "models":
+        return cmd_models(args)
+    if args.command == "eval":
+        return cmd_eval(args)
+    if args.command == "submit":
+        return cmd_submit(args)
+    if args.command == "report":
+        return cmd_report(args)
+    from studio.cli import main as studio_main
+
+    return studio_main(args.studio_args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["studio"]:  # its own parser (it has subcommands and a positional RUN_DIR)
-        args = argparse.Namespace(command="studio", studio_args=argv[1:])
+        args = argparse.Namespace(command="studio", studio_args=argv[1:], verbose=False)
     else:
         args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command != "run" else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "submit":
-            return cmd_submit(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "studio":
-            from studio.cli import main as studio_main
-
-            return studio_main(args.studio_args)
-    except (ConfigError, InputError, ModelNotFoundError, ReportError, RatingsError, StorageError) as exc:
-        print(f"emoguide: error: {exc}", file=sys.stderr)
-        return 2
-    return 2
+        return _dispatch(args)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every error ends as one line and a hint
+        if args.verbose:
+            traceback.print_exception(exc)
+        lines, code = error_lines(exc, args.command)
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

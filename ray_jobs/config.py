@@ -102,11 +102,14 @@ class SpeakersConfig:
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=0.25))
 
 
+GENERATION_ENGINES = ("llamacpp", "transformers", "vllm")
+
+
 @dataclass
 class GenerationConfig:
     enabled: bool = True  # --no-generate stops after the reducer
-    engine: str = "transformers"  # or "vllm" (GPU; the gpu presets choose it)
-    model: str = "smollm2-135m-instruct"
+    engine: str = "llamacpp"  # CPU: llamacpp (GGUF as is) or transformers; "vllm" on GPU (the gpu presets)
+    model: str = "qwen2.5-1.5b-instruct"  # the offline default (README: Interventions); on-task, fast enough on CPU
     path: str | None = None
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     context_turns: int = 6
@@ -320,8 +323,8 @@ def _validate(config: RunConfig) -> None:
     if not 0.0 < config.dissonance.threshold < 2.0:
         raise ConfigError(f"dissonance.threshold must be in (0, 2), got {config.dissonance.threshold}")
     g = config.generation
-    if g.engine not in ("transformers", "vllm"):
-        raise ConfigError(f"generation.engine must be 'transformers' or 'vllm', got {g.engine!r}")
+    if g.engine not in GENERATION_ENGINES:
+        raise ConfigError(f"generation.engine must be one of {', '.join(GENERATION_ENGINES)}, got {g.engine!r}")
     if not g.conditions or any(c not in CONDITIONS for c in g.conditions):
         raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(CONDITIONS)}")
     if g.context_turns < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or not 0 < g.top_p <= 1 or g.temperature < 0:

@@ -1,12 +1,17 @@
 """Generation of therapist interventions: prompts → LLM → ``interventions.parquet``.
 
 Runs after perception, as its own Ray Data pass, so a single GPU first serves the perception stages
-and then the LLM whole. Two engines with the same inputs and outputs:
+and then the LLM whole. Three engines with the same inputs and outputs:
 
 * ``vllm`` (GPU): ``ray.data.llm``'s vLLM engine processor (model, batch size, tensor parallelism and
   maximum model length from the config). vLLM lives in the ``gpu`` extra and the docker image.
-* ``transformers`` (CPU twin): an actor pool around :class:`models.llm.TransformersGenerator`,
-  several prompts per forward pass; the offline default is SmolLM2-135M-Instruct.
+* ``llamacpp`` (CPU default): an actor pool around :class:`models.llm.LlamaCppGenerator` running the
+  offline default, Qwen2.5-Coder-1.5B-Instruct in 4 bits; the dialogue block of a client turn is
+  evaluated once for all its conditions.
+* ``transformers`` (CPU): an actor pool around :class:`models.llm.TransformersGenerator`, several
+  prompts per forward pass (any Hugging Face causal LM, or a GGUF dequantised).
+
+Replies go through :func:`models.llm.clean_reply` on every engine (a leading "Therapist:" label removed).
 
 Each row keeps its prompt, the therapist's actual reply (``reference``), the model and the sampling
 parameters (``params``, JSON), so conditions can be compared under identical settings.
@@ -21,8 +26,11 @@ from typing import Any
 import numpy as np
 import ray
 
-from models.registry import ResolvedModel, resolve
+from emoguide.prompts.build import TRANSCRIPT_END
+from models.llm import clean_reply
+from models.registry import ResolvedModel, on_this_machine
 from ray_jobs.config import GenerationConfig, RunConfig
+from ray_jobs.stages import actor_pool
 
 
 def sampling_params(c: GenerationConfig) -> dict[str, Any]:
@@ -61,25 +69,33 @@ def vllm_processor(c: GenerationConfig, model: ResolvedModel | str, model_name: 
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         keep = {k: row[k] for k in _KEYS if k in row}
-        return {**keep, "generation": row["generated_text"].strip(), "model": model_name, "params": recorded,
+        return {**keep, "generation": clean_reply(row["generated_text"]), "model": model_name, "params": recorded,
                 "n_generated_tokens": int(row.get("num_generated_tokens") or 0), "error": None}
 
     return build_processor(vllm_processor_config(c, model), preprocess=preprocess, postprocess=postprocess)
 
 
+def cpu_generator(c: GenerationConfig, model: ResolvedModel) -> Any:
+    """The CPU engine ``c.engine`` with the run's sampling settings (llama.cpp or transformers)."""
+    from models.llm import load_generator
+
+    engine_settings: dict[str, Any] = (
+        {"prefix_marker": TRANSCRIPT_END} if c.engine == "llamacpp" else {"batch_size": c.batch_size}
+    )
+    return load_generator(
+        c.engine, model, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+        num_threads=c.num_threads, repetition_penalty=c.repetition_penalty, **engine_settings,
+    )
+
+
 class CpuGenerationStage:
-    """The transformers twin: one model per actor, batched generation, failures kept per row."""
+    """A CPU twin (llama.cpp or transformers): one model per actor, failures kept per row.
+    ``model`` is the LLM the driver resolved for the run."""
 
-    def __init__(self, config: RunConfig) -> None:
-        from models.llm import TransformersGenerator
-
-        c = config.generation
-        model = resolve("llm", c.model, c.path, allow_network=config.allow_network)
+    def __init__(self, config: RunConfig, model: ResolvedModel) -> None:
+        model = on_this_machine(model, allow_network=config.allow_network)
         self.model_name = model.name
-        self.generator = TransformersGenerator(
-            model, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-            batch_size=c.batch_size, num_threads=c.num_threads, repetition_penalty=c.repetition_penalty,
-        )
+        self.generator = cpu_generator(config.generation, model)
         self.params = json.dumps(self.generator.params(), sort_keys=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -95,24 +111,29 @@ class CpuGenerationStage:
         return out
 
 
-_KEYS = ("session_id", "utt_id", "condition", "prompt", "reference", "template")
+_KEYS = ("session_id", "utt_id", "condition", "prompt", "reference", "template")  # travel with the prompt
+# Prompt columns the output keeps without sending them through the LLM pass: joined back on the driver.
+_CARRIED = ("cue", "turn_utt_ids")
 
 
-def generate(rows: list[dict[str, Any]], config: RunConfig) -> Iterator[dict[str, Any]]:
-    """Generate an intervention for each prompt row; rows come back as they finish (any order)."""
+def _row_key(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A prompt row's identity: one client turn (its last utterance) under one condition."""
+    return row["session_id"], row["utt_id"], row["condition"]
+
+
+def generate(rows: list[dict[str, Any]], config: RunConfig, model: ResolvedModel) -> Iterator[dict[str, Any]]:
+    """Generate an intervention for each prompt row with ``model`` (resolved once for the run); rows
+    come back as they finish (any order), with the prompt's cue and turn utterances."""
     if not rows:
         return
     c = config.generation
     items = [{k: r[k] for k in _KEYS} for r in rows]
+    carried = {_row_key(r): {k: r[k] for k in _CARRIED} for r in rows}
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // c.batch_size, 64)))
     if c.engine == "vllm":
-        model = resolve("llm", c.model, c.path, allow_network=config.allow_network)
         ds = vllm_processor(c, model, model.name)(ds)
     else:
-        r = c.resources
-        ds = ds.map_batches(
-            CpuGenerationStage, fn_constructor_kwargs={"config": config}, batch_size=c.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-        )
-    yield from ds.iter_rows()
+        ds = ds.map_batches(CpuGenerationStage, fn_constructor_kwargs={"config": config, "model": model},
+                            batch_size=c.batch_size, **actor_pool(c.resources))
+    for row in ds.iter_rows():
+        yield {**row, **carried[_row_key(row)]}

@@ -7,6 +7,9 @@ Each stage declares its resources from the run config, so the same graph runs on
 GPU box (fractional GPUs) or on a cluster. The driver groups chunk results by session as they stream
 in and writes a session's part files as soon as its last chunk is back, so results appear while the
 run is going and a crash loses only the sessions in flight.
+
+Every model is resolved once, here in the driver, and the stages are given what was resolved: what
+``sessions.models`` records is what ran.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -46,8 +49,8 @@ from models.whisper_voice import WhisperVoiceEmotion
 from ray_jobs.config import Resources, RunConfig
 from ray_jobs.generate import generate
 from ray_jobs.stages import (
-    AsrStage, FaceStage, SpeakerStage, VoiceStage, decode_session, is_encoder_voice_model, is_transformers_model,
-    iter_source_chunks,
+    AsrStage, FaceStage, SpeakerStage, VoiceStage, actor_pool, decode_session, is_encoder_voice_model,
+    is_transformers_model, iter_source_chunks,
 )
 
 log = logging.getLogger("emoguide")
@@ -77,6 +80,23 @@ class RunSummary:
         return sum(s["n_utterances"] or 0 for s in self.sessions)
 
 
+class RunEvents:
+    """What the driver reports while a run goes on; these do nothing (the console's progress line
+    overrides them). Called from the driver's thread only."""
+
+    def sessions_planned(self, total: int, skipped: list[dict[str, Any]]) -> None:
+        """``total`` sessions in the run, of which ``skipped`` were complete already."""
+
+    def session_finished(self, row: dict[str, Any]) -> None:
+        """A session's parts are written (``row``: its ``sessions`` row, failed or not)."""
+
+    def generation_planned(self, total: int) -> None:
+        """``total`` interventions are to be generated."""
+
+    def intervention_finished(self) -> None:
+        """One intervention came back from the LLM."""
+
+
 def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
     """Resolve every configured model up front: fails fast, before Ray starts work, and records what runs."""
     net = config.allow_network
@@ -92,6 +112,17 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
         "speaker_embedding": resolve("speaker_embedding", config.speakers.model, config.speakers.path,
                                      allow_network=net),
     }
+
+
+def resolve_llm(config: RunConfig) -> ResolvedModel:
+    """The generation model, resolved with the others at the start of a run (not after perception)."""
+    c = config.generation
+    return resolve("llm", c.model, c.path, allow_network=config.allow_network)
+
+
+def models_record(models: dict[str, ResolvedModel]) -> str:
+    """``sessions.models``: JSON slot → {slot, name, source, version} of the perception models."""
+    return json.dumps({slot: m.record() for slot, m in models.items()}, sort_keys=True)
 
 
 def load_voice_model(model: ResolvedModel, asr: ResolvedModel, min_speaker_utterances: int
@@ -110,16 +141,13 @@ def load_voice_model(model: ResolvedModel, asr: ResolvedModel, min_speaker_utter
 _ONE_CHUNK_BLOCK_BYTES = 1 << 18
 
 
-def _actor_args(r: Resources) -> dict[str, Any]:
-    return {
-        "compute": ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
-        "num_cpus": r.num_cpus,
-        "num_gpus": r.num_gpus,
-        # Bounded: an input that crashes its worker every time must fail its session, not loop forever.
-        # (Passed as Ray remote args, the only way Ray Data 2.60 accepts them.)
-        "max_restarts": r.max_restarts,
-        "max_task_retries": r.max_task_retries,
-    }
+def perception_stages(config: RunConfig) -> list[tuple[type, Resources]]:
+    """The actor-pool stages after decode, in graph order, each with its resources.
+
+    Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
+    """
+    return [(FaceStage, config.face.resources), (SpeakerStage, config.speakers.resources),
+            (AsrStage, config.asr.resources), (VoiceStage, config.voice.resources)]
 
 
 def check_resources(config: RunConfig, available: dict[str, float]) -> str | None:
@@ -129,7 +157,7 @@ def check_resources(config: RunConfig, available: dict[str, float]) -> str | Non
     request that cannot fit never runs, and the run hangs instead of failing (an autoscaling cluster may
     still grow to fit it).
     """
-    stages = [config.asr.resources, config.face.resources, config.speakers.resources, config.voice.resources]
+    stages = [resources for _, resources in perception_stages(config)]
     cpus = config.decode.resources.num_cpus + sum(r.min_actors * r.num_cpus for r in stages)
     gpus = sum(r.min_actors * r.num_gpus for r in stages)
     have_cpu, have_gpu = available.get("CPU", 0.0), available.get("GPU", 0.0)
@@ -140,8 +168,10 @@ def check_resources(config: RunConfig, available: dict[str, float]) -> str | Non
             "config, or the run will wait for resources that never come")
 
 
-def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.Dataset:
-    """The lazy Ray Data graph for ``sessions``; nothing runs until it is iterated."""
+def build_dataset(sessions: list[SessionInput], config: RunConfig,
+                  models: dict[str, ResolvedModel]) -> ray.data.Dataset:
+    """The lazy Ray Data graph for ``sessions``, its stages loading ``models``; nothing runs until it is
+    iterated."""
     # A chunk whose task or actor crashes past its retries is dropped instead of aborting the run: its
     # session is then recorded as failed ("not all chunks came back"), and every other session completes.
     ctx = ray.data.DataContext.get_current()
@@ -155,11 +185,9 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig) -> ray.data.D
     in_flight = config.decode.sessions_in_flight
     ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus,
                      compute=ray.data.TaskPoolStrategy(size=in_flight) if in_flight else None)
-    # Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
-    ds = ds.map(FaceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.face.resources))
-    ds = ds.map(SpeakerStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.speakers.resources))
-    ds = ds.map(AsrStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.asr.resources))
-    return ds.map(VoiceStage, fn_constructor_kwargs={"config": config}, **_actor_args(config.voice.resources))
+    for stage, resources in perception_stages(config):
+        ds = ds.map(stage, fn_constructor_kwargs={"config": config, "models": models}, **actor_pool(resources))
+    return ds
 
 
 def run_pipeline(
@@ -167,22 +195,37 @@ def run_pipeline(
     out_dir: Path,
     config: RunConfig,
     force: bool = False,
-    on_session: Callable[[dict[str, Any], int, int], None] | None = None,
+    events: RunEvents | None = None,
 ) -> RunSummary:
     """Process ``sessions`` into ``out_dir``; Ray must already be initialised.
 
     Sessions finished earlier under the same config and input fingerprint are kept, not redone,
-    unless ``force``. ``on_session(row, done, total)`` is called as each session finishes.
+    unless ``force``. ``events`` hears of the run's progress as it goes.
     """
     started = time.monotonic()
+    events = events or RunEvents()
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     summary = RunSummary(out_dir)
-    config_hash = config.config_hash()
-    models = resolve_models(config)
-    models_json = json.dumps({slot: m.record() for slot, m in models.items()}, sort_keys=True)
-    voice_model = models["voice_emotion"]
-    voice = load_voice_model(voice_model, models["asr"], config.voice.min_speaker_utterances)
+    models = resolve_models(config)  # fails fast, before Ray starts work
+    llm = resolve_llm(config) if config.generation.enabled else None
+    todo, meta = _plan(sessions, out_dir, config, models, force, summary)
+    events.sessions_planned(len(sessions), list(summary.sessions))
+    if todo:
+        _perceive(todo, meta, out_dir, config, models, summary, events)
+    if llm is not None:
+        run_generation(out_dir, summary, config, llm, events)
+    tables = ("sessions", "utterances", "interventions") if llm is not None else ("sessions", "utterances")
+    merge_parts(out_dir, [s.session_id for s in sessions], tables)
+    summary.wall_s = time.monotonic() - started
+    return summary
 
+
+def _plan(sessions: list[SessionInput], out_dir: Path, config: RunConfig, models: dict[str, ResolvedModel],
+          force: bool, summary: RunSummary) -> tuple[list[SessionInput], dict[str, dict[str, Any]]]:
+    """(sessions to process, their fixed ``sessions`` columns); the ones already complete under this
+    config and input go into ``summary`` as they are."""
+    config_hash = config.config_hash()
+    recorded = models_record(models)
     todo: list[SessionInput] = []
     meta: dict[str, dict[str, Any]] = {}
     for s in sessions:
@@ -198,60 +241,58 @@ def run_pipeline(
             summary.skipped += 1
             continue
         todo.append(s)
-        meta[s.session_id] = {
-            "session_id": s.session_id,
-            "source_path": s.path,
-            "config_hash": config_hash,
-            "input_fingerprint": fp,
-            "models": models_json,
-        }
+        meta[s.session_id] = {"session_id": s.session_id, "source_path": s.path, "config_hash": config_hash,
+                              "input_fingerprint": fp, "models": recorded}
+    return todo, meta
 
-    total = len(sessions)
+
+def _perceive(todo: list[SessionInput], meta: dict[str, dict[str, Any]], out_dir: Path, config: RunConfig,
+              models: dict[str, ResolvedModel], summary: RunSummary, events: RunEvents) -> None:
+    """Run the graph over ``todo``; each session is reduced and written as soon as its chunks are back."""
+    warning = check_resources(config, ray.cluster_resources())
+    if warning:
+        log.warning(warning)
+    voice = load_voice_model(models["voice_emotion"], models["asr"], config.voice.min_speaker_utterances)
     paths = {s.session_id: s.path for s in todo}
-
-    def reduce(sid: str, chunks: list[dict[str, Any]], wall_s: float | None) -> None:
+    rows = build_dataset(todo, config, models).iter_rows()
+    for sid, chunks, wall_s in _group_by_session(rows, list(paths)):
+        session_meta = {**meta[sid], "wall_s": wall_s}
         try:
-            session_row, utterances = reduce_session(
-                {**meta[sid], "wall_s": wall_s}, chunks, config, voice, partial(_span_features, paths[sid])
-            )
+            session_row, utterances = reduce_session(session_meta, chunks, config, voice,
+                                                     partial(_span_features, paths[sid]))
         except Exception as exc:  # noqa: BLE001 - a reducer bug fails this session only
-            session_row, utterances = reduce_session(
-                {**meta[sid], "wall_s": wall_s}, [_failed_chunk("reduce", f"{type(exc).__name__}: {exc}")], config
-            )
-        _finish(out_dir, summary, session_row, utterances, total, on_session)
-
-    if todo:
-        warning = check_resources(config, ray.cluster_resources())
-        if warning:
-            log.warning(warning)
-        pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        expected: dict[str, int] = {}
-        first_seen: dict[str, float] = {}
-        for row in build_dataset(todo, config).iter_rows():
-            sid = row["session_id"]
-            first_seen.setdefault(sid, time.monotonic())
-            pending[sid].append(row)
-            if row["is_last"]:
-                expected[sid] = int(row["chunk_index"]) + 1
-            if expected.get(sid) == len(pending[sid]):
-                reduce(sid, pending.pop(sid), time.monotonic() - first_seen[sid])
-        finished = {row["session_id"] for row in summary.sessions}
-        for sid in [s.session_id for s in todo if s.session_id not in finished]:
-            # chunks that never came back: the session is recorded as failed, never silently dropped
-            reduce(sid, pending.pop(sid, []) + [_failed_chunk("pipeline", "not all chunks came back from the pipeline")],
-                   None)
-
-    ids = [s.session_id for s in sessions]
-    if config.generation.enabled:
-        run_generation(out_dir, summary, config)
-    merge_parts(out_dir, ids, ("sessions", "utterances", "interventions") if config.generation.enabled
-                else ("sessions", "utterances"))
-    summary.wall_s = time.monotonic() - started
-    return summary
+            failed = _failed_chunk("reduce", f"{type(exc).__name__}: {exc}")
+            session_row, utterances = reduce_session(session_meta, [failed], config)
+        _finish(out_dir, summary, session_row, utterances, events)
 
 
-def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig) -> None:
-    """Interventions for every usable session that lacks them under the current generation settings."""
+def _group_by_session(rows: Iterable[dict[str, Any]], session_ids: list[str]
+                      ) -> Iterator[tuple[str, list[dict[str, Any]], float | None]]:
+    """(session id, its chunks, seconds since its first chunk came back) as each session's last chunk
+    arrives; then each session whose chunks did not all come back, with a failure marker and no time:
+    it is recorded as failed, never silently dropped."""
+    pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    expected: dict[str, int] = {}
+    first_seen: dict[str, float] = {}
+    done: set[str] = set()
+    for row in rows:
+        sid = row["session_id"]
+        first_seen.setdefault(sid, time.monotonic())
+        pending[sid].append(row)
+        if row["is_last"]:
+            expected[sid] = int(row["chunk_index"]) + 1
+        if expected.get(sid) == len(pending[sid]):
+            done.add(sid)
+            yield sid, pending.pop(sid), time.monotonic() - first_seen[sid]
+    for sid in [sid for sid in session_ids if sid not in done]:
+        lost = _failed_chunk("pipeline", "not all chunks came back from the pipeline")
+        yield sid, pending.pop(sid, []) + [lost], None
+
+
+def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig, llm: ResolvedModel,
+                   events: RunEvents) -> None:
+    """Interventions by ``llm`` for every usable session that lacks them under the current generation
+    settings."""
     ghash = config.generation_hash()
     todo = [s["session_id"] for s in summary.sessions
             if s["status"] != "failed" and read_generation_hash(out_dir, s["session_id"]) != ghash]
@@ -261,12 +302,14 @@ def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig) -> Non
     utterances = [u for sid in todo for u in pq.read_table(part_paths(out_dir, sid)["utterances"]).to_pylist()]
     prompts = build_prompts(utterances, c.conditions, c.context_turns, c.template)
     expected = Counter(p["session_id"] for p in prompts)
+    events.generation_planned(len(prompts))
     for sid in todo:  # sessions without a client turn answered by the therapist are done already
         if not expected[sid]:
             write_interventions_part(out_dir, sid, [], ghash)
     started = time.monotonic()
     done: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in generate(prompts, config):
+    for row in generate(prompts, config, llm):
+        events.intervention_finished()
         sid = row["session_id"]
         done[sid].append({**row, "generation_hash": ghash})
         summary.n_interventions += 1
@@ -306,12 +349,10 @@ def _finish(
     summary: RunSummary,
     session_row: dict[str, Any],
     utterances: list[dict[str, Any]],
-    total: int,
-    on_session: Callable[[dict[str, Any], int, int], None] | None,
+    events: RunEvents,
 ) -> None:
     sid = session_row["session_id"]
     tables = {"sessions": to_table([session_row], SESSIONS), "utterances": to_table(utterances, UTTERANCES)}
     write_session_parts(out_dir, sid, tables)
     summary.sessions.append(session_row)
-    if on_session is not None:
-        on_session(session_row, len(summary.sessions), total)
+    events.session_finished(session_row)

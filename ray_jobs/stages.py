@@ -1,5 +1,7 @@
 """Ray Data stage callables: each wraps one model adapter and isolates failures per chunk.
 
+Each actor stage is built with the run config and the models the driver resolved for the run (slot →
+:class:`~models.registry.ResolvedModel`), so every actor loads exactly what ``sessions.models`` records.
 A stage never raises for a bad item: it records ``error`` and ``failed_stage`` on the row and passes
 it on, so one corrupt session never drops another session's rows. Rows that already carry an error
 pass through untouched. Heavy columns (audio, frames) are dropped by the last stage that needs them,
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -19,8 +21,8 @@ import numpy as np
 from emoguide.dataio.media import MediaChunk, MediaError, iter_chunks
 from emoguide.dataio.storage import StorageError, is_uri, localize
 from models.audio import SAMPLE_RATE
-from models.registry import resolve
-from ray_jobs.config import RunConfig
+from models.registry import ResolvedModel, on_this_machine
+from ray_jobs.config import Resources, RunConfig
 
 _Call = TypeVar("_Call", bound=Callable[..., dict[str, Any]])
 
@@ -55,6 +57,26 @@ def _trims_memory(call: _Call) -> _Call:
                 _MALLOC_TRIM(0)
 
     return cast(_Call, trimmed)
+
+
+def actor_pool(r: Resources) -> dict[str, Any]:
+    """The Ray Data arguments of an actor-pool stage (``map`` or ``map_batches``) with resources ``r``."""
+    import ray
+
+    return {
+        "compute": ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+        "num_cpus": r.num_cpus,
+        "num_gpus": r.num_gpus,
+        # Bounded: an input that crashes its worker every time must fail its session, not loop forever.
+        # (Passed as Ray remote args, the only way Ray Data 2.60 accepts them.)
+        "max_restarts": r.max_restarts,
+        "max_task_retries": r.max_task_retries,
+    }
+
+
+def _loaded(models: Mapping[str, ResolvedModel], slot: str, config: RunConfig) -> ResolvedModel:
+    """The run's model of ``slot``, as found on the machine this actor runs on."""
+    return on_this_machine(models[slot], allow_network=config.allow_network)
 
 
 def _failed(row: dict[str, Any], stage: str, exc: BaseException) -> dict[str, Any]:
@@ -111,16 +133,14 @@ class AsrStage:
     """Transcribes the speech the speaker stage found in each chunk and cuts it into utterances
     (``emoguide/session/utterances.py``); loads the Whisper model once per actor."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, models: Mapping[str, ResolvedModel]) -> None:
         from models.asr import Transcriber
 
         c = config.asr
-        model = resolve("asr", c.model, c.path, allow_network=config.allow_network)
         self.utterances = config.utterances
-        voice = resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=config.allow_network)
-        self.pool = is_encoder_voice_model(voice.path)
+        self.pool = is_encoder_voice_model(_loaded(models, "voice_emotion", config).path)
         self.transcriber = Transcriber(
-            model, device=c.device, compute_type=c.compute_type, cpu_threads=c.cpu_threads,
+            _loaded(models, "asr", config), device=c.device, compute_type=c.compute_type, cpu_threads=c.cpu_threads,
             language=c.language, beam_size=c.beam_size, keep_encoder=self.pool,
         )
 
@@ -166,15 +186,14 @@ class FaceStage:
     Frames are dropped here: only small per-face arrays travel on.
     """
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, models: Mapping[str, ResolvedModel]) -> None:
         from models.face import FaceAnalyzer
 
         c = config.face
-        net = config.allow_network
         self.analyzer = FaceAnalyzer(
-            resolve("face_detector", c.detector, c.detector_path, allow_network=net),
-            resolve("face_emotion", c.emotion, c.emotion_path, allow_network=net),
-            resolve("face_landmarks", c.landmarks, c.landmarks_path, allow_network=net),
+            _loaded(models, "face_detector", config),
+            _loaded(models, "face_emotion", config),
+            _loaded(models, "face_landmarks", config),
             min_score=c.min_score,
             max_faces=c.max_faces,
         )
@@ -208,17 +227,14 @@ class SpeakerStage:
     embedding row, with its (start, end) in session seconds.
     """
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, models: Mapping[str, ResolvedModel]) -> None:
         from models.segmentation import SpeechSegmenter
         from models.speakers.embedders import SpeakerEmbedder
         from models.speakers.windows import cut_windows, region_windows
 
         c = config.speakers
-        net = config.allow_network
-        self.segmenter = SpeechSegmenter(
-            resolve("speech_segmentation", c.segmentation, c.segmentation_path, allow_network=net), device=c.device)
-        self.embedder = SpeakerEmbedder(resolve("speaker_embedding", c.model, c.path, allow_network=net),
-                                        device=c.device)
+        self.segmenter = SpeechSegmenter(_loaded(models, "speech_segmentation", config), device=c.device)
+        self.embedder = SpeakerEmbedder(_loaded(models, "speaker_embedding", config), device=c.device)
         self.cut_windows, self.region_windows = cut_windows, region_windows
 
     @_trims_memory
@@ -258,11 +274,11 @@ class VoiceStage:
     needs the audio, so it runs here and its probabilities travel on. Audio is dropped here.
     """
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, models: Mapping[str, ResolvedModel]) -> None:
         from models.voice import EgemapsExtractor, TransformersVoiceEmotion
 
         c = config.voice
-        model = resolve("voice_emotion", c.model, c.path, allow_network=config.allow_network)
+        model = _loaded(models, "voice_emotion", config)
         self.extractor = EgemapsExtractor()
         self.ser = TransformersVoiceEmotion(model, device=c.device) if is_transformers_model(model.path) else None
 

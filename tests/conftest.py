@@ -48,8 +48,10 @@ def dialogue_run(tmp_path_factory) -> tuple[Path, Path, object]:
 
     out = tmp_path_factory.mktemp("gen") / "out"
     cfg = tmp_path_factory.mktemp("cfg") / "run.yaml"
-    cfg.write_text("speakers: {therapist_speaker: S1}\ngeneration: {max_new_tokens: 24}\n")
-    proc = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
+    # SmolLM2 through transformers keeps this shared run short; test_generation.py runs the default LLM once.
+    cfg.write_text("speakers: {therapist_speaker: S1}\n"
+                   "generation: {engine: transformers, model: smollm2-135m-instruct, max_new_tokens: 24}\n")
+    proc = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, cfg, proc
 

@@ -9,9 +9,12 @@ from itertools import groupby
 
 import pyarrow.parquet as pq
 import pytest
+from markupsafe import escape  # as the report's templates escape
 
 from ray_jobs.config import load_config, preset_overrides
 from ray_jobs.generate import sampling_params, vllm_processor_config
+from emoguide.report.render import build_report
+from emoguide.dataio.tables import INTERVENTIONS, merge_parts, part_paths, to_table, write_atomic
 from conftest import DIALOGUE
 from test_run_e2e import _emoguide
 
@@ -47,6 +50,35 @@ def test_one_row_per_client_turn_and_condition(run):
     cue = {r["condition"]: json.loads(r["prompt"])[1]["content"] for r in rows if r["utt_id"] == client_turns[0]}
     assert "<emotion_cues>" not in cue["text"] and "dissonan" in cue["dissonance"].lower()
     assert "interventions: 15 generated" in proc.stdout
+    # the prompt's cue and the client turn's utterances are kept with each intervention
+    turn_of = {ids[-1]: ids for role, ids in turns if role == "client"}
+    for r in rows:
+        assert r["turn_utt_ids"] == turn_of[r["utt_id"]]
+        assert (r["cue"] == "") == (r["condition"] == "text") and r["cue"] in json.loads(r["prompt"])[1]["content"]
+    assert "dissonance: " in next(r["cue"] for r in rows if r["condition"] == "dissonance")
+
+
+@pytest.mark.slow
+def test_console_of_a_run_with_generation_is_the_progress_line_and_the_summary(run):
+    """No model-loading bars (GGUF, tokenizer) and no worker output from the LLM pass: without -v the
+    console is the preset, the progress line, then the summary."""
+    _, _, proc = run
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "Ray reports no GPUs: using the cpu preset", proc.stderr[-3000:]
+    assert all(line.startswith("sessions ") for line in lines[1:]), proc.stderr[-3000:]
+    assert lines[-1].startswith("sessions 1/1 | ") and "| interventions 15/15 | done  [" in lines[-1]
+    assert "%|" not in proc.stderr + proc.stdout and "pid=" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_report_shows_each_interventions_cue(run, tmp_path):
+    out, _, _ = run
+    (page, _index) = build_report(out, out=tmp_path / "report")
+    html = page.read_text()
+    rows = pq.read_table(out / "interventions.parquet").to_pylist()
+    cues = {r["cue"] for r in rows if r["cue"]}
+    assert html.count("<summary>cue</summary>") == len(rows) - 3  # every condition but text, on each turn
+    assert all(escape(cue) in html for cue in cues)
 
 
 @pytest.mark.slow
@@ -84,3 +116,37 @@ def test_vllm_processor_config_builds_without_gpu():
     assert processor_config.engine_kwargs["max_model_len"] == g.max_model_len
     params = sampling_params(g)
     assert params == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 96, "seed": 0, "repetition_penalty": 1.1}
+
+
+def test_an_interventions_part_from_before_the_cue_columns_still_merges(tmp_path):
+    """A run folder from before ``cue`` and ``turn_utt_ids`` resumes: the old part's rows get them null."""
+    old = INTERVENTIONS.remove(INTERVENTIONS.get_field_index("cue"))
+    old = old.remove(old.get_field_index("turn_utt_ids"))
+    row = {"session_id": "s1", "utt_id": "s1-u1", "condition": "text", "generation": "How so?"}
+    write_atomic(to_table([row], old), part_paths(tmp_path, "s1")["interventions"])
+    merged = pq.read_table(merge_parts(tmp_path, ["s1"], ("interventions",))["interventions"])
+    assert merged.schema == INTERVENTIONS
+    assert merged.to_pylist() == [{**{name: None for name in INTERVENTIONS.names}, **row}]
+
+
+@pytest.mark.slow
+def test_the_default_cpu_llm_answers_the_client_on_task():
+    """The offline default (engine and model as a run uses them) on a scripted therapy dialogue: replies
+    that speak to the client about what was said, by the documented on-task rules."""
+    from bench_generation import scripted_utterances
+
+    from emoguide.evaluation.interventions import dialogue_text, off_task_rules
+    from emoguide.prompts.build import build_prompts, prompt_messages
+    from ray_jobs.generate import cpu_generator
+    from ray_jobs.pipeline import resolve_llm
+
+    config = load_config(None)
+    llm = resolve_llm(config)
+    assert (config.generation.engine, llm.name) == ("llamacpp", "qwen2.5-1.5b-instruct")
+    rows = build_prompts(scripted_utterances(), ("text", "dissonance"))[:4]  # two client turns
+    generator = cpu_generator(config.generation, llm)
+    results = generator.generate([prompt_messages(r) for r in rows])
+    broken = [off_task_rules(res.text, dialogue_text(row)) for res, row in zip(results, rows)]
+    assert sum(not b for b in broken) >= 3, list(zip([r.text for r in results], broken))
+    assert all(not res.text.lower().startswith("therapist") for res in results)
+    assert generator.params()["engine"] == "llamacpp"

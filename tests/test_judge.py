@@ -306,3 +306,18 @@ def test_reference_metrics_table(tmp_path, embedder):
     assert ref["rouge_l_f"] is None and ref["embedding_cosine"] is None and ref["n_words"] == 9
     empty = by[("s1-u3", "text")]
     assert empty["rouge_l_f"] is None and empty["embedding_cosine"] is None and empty["form"] is None
+
+
+def test_the_judge_grammar_only_admits_parseable_judgements():
+    """Constrained by the grammar, a real (small) judge's every reply parses."""
+    from emoguide.evaluation.judge import judge_grammar, judge_messages, parse_judgement
+    from models.llm import LlamaCppGenerator
+    from models.registry import resolve
+
+    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-0.5b-instruct"), max_new_tokens=96, n_ctx=2048,
+                            grammar=judge_grammar())
+    chats = [judge_messages("Client: I can't sleep since the accident.", reply)
+             for reply in ("That sounds frightening; the accident is still with you at night.", "Buy a car.")]
+    for res in gen.generate(chats):
+        parsed = parse_judgement(res.text, finish_reason=res.finish_reason)
+        assert parsed.error is None, (parsed.error, res.text)

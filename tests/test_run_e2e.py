@@ -1,9 +1,11 @@
-"""End to end: `emoguide run` through a real local Ray instance on real GRID clips and a corrupt file."""
+"""End to end: `emoguide run` through a real local Ray instance on real GRID clips and a corrupt file,
+and what its console shows."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -12,8 +14,11 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import DIALOGUE
 from emoguide.dataio.tables import SESSIONS, UTTERANCES
 from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
+from ray_jobs.config import load_config
+from ray_jobs.pipeline import models_record, resolve_models
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +35,7 @@ def run_dir(tmp_path_factory, grid_dir):
         shutil.copy(grid_dir / clip, inputs / clip)
     (inputs / "broken.mp4").write_bytes(os.urandom(8192))
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = _emoguide("run", str(inputs), "--out", str(out), "--quiet")
+    proc = _emoguide("run", str(inputs), "--out", str(out))
     return inputs, out, proc
 
 
@@ -39,6 +44,34 @@ def test_exit_code_and_summary(run_dir):
     assert proc.returncode == 1, proc.stderr[-3000:]  # one session failed
     assert "sessions: 2 ok, 1 failed" in proc.stdout
     assert "real-time factor" in proc.stdout and str(out) in proc.stdout
+
+
+# What the console may show without -v: the preset chosen, the progress line, a failed session's line.
+_CONSOLE = re.compile(r"Ray reports .*: using the \S+ preset|sessions \d+/\d+ \| media .*|broken: failed \(decode: .*")
+
+
+def test_console_is_one_progress_line_and_the_summary(run_dir):
+    """No Ray log, no Ray Data progress dump, no worker output, no progress bar: the progress line (once at
+    the start and once at the end, in a pipe), the failed session's reason, then the summary."""
+    _, _, proc = run_dir
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if not _CONSOLE.fullmatch(line)] == [], proc.stderr[-3000:]
+    assert re.fullmatch(r"sessions 3/3 \| media 0\.002 h \| [\d.]+x real time \| done  \[\d+:\d\d\]", lines[-1])
+    assert "broken: failed (decode: " in proc.stderr and "ETA" in proc.stderr
+    assert "%|" not in proc.stderr + proc.stdout  # no tqdm bar from the driver either
+    assert proc.stdout.lstrip().startswith("results: ") and "sessions: 2 ok, 1 failed" in proc.stdout
+
+
+def test_error_after_ray_started_is_one_line_and_a_hint(tmp_path):
+    """A model that cannot be found is found missing once Ray is up (the preset may choose the model)."""
+    config = tmp_path / "run.yaml"
+    config.write_text("generation: {path: /nonexistent/llm.gguf}\n")
+    proc = _emoguide("run", str(DIALOGUE), "--out", str(tmp_path / "out"), "--config", str(config))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-2:] == [
+        "emoguide: error: llm: model path '/nonexistent/llm.gguf' does not exist",
+        "hint: `emoguide models list` shows where each model's weights are looked for"]
+    assert len(proc.stderr.splitlines()) == 3 and "Traceback" not in proc.stderr + proc.stdout  # and the preset
 
 
 def test_tables_follow_the_contract(run_dir):
@@ -60,6 +93,7 @@ def test_tables_follow_the_contract(run_dir):
         assert row["config_hash"] and set(models) == {"asr", "face_detector", "face_emotion", "face_landmarks", "voice_emotion",
                                                       "speech_segmentation", "speaker_embedding"}
         assert all(m["source"] == "package" and m["version"].startswith("sha256:") for m in models.values())
+        assert models == json.loads(models_record(resolve_models(load_config(None))))
         utts = [u for u in utterances.to_pylist() if u["session_id"] == sid]
         assert len(utts) == row["n_utterances"]
         text = " ".join(u["text"] for u in utts)
@@ -88,9 +122,11 @@ def test_tables_follow_the_contract(run_dir):
 def test_rerun_resumes_without_redoing_finished_sessions(run_dir):
     inputs, out, _ = run_dir
     before = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
-    proc = _emoguide("run", str(inputs), "--out", str(out), "--quiet")
+    proc = _emoguide("run", str(inputs), "--out", str(out), "-v")
     assert proc.returncode == 1
     assert "2 already complete, skipped" in proc.stdout
+    # -v: Ray's own logs (its start, Ray Data's execution) are on the console too
+    assert "Started a local Ray instance" in proc.stderr and "Dataset" in proc.stderr
     after = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
     assert after["bbaf2n"] == before["bbaf2n"]  # untouched, same wall_s
     assert after["broken"]["status"] == "failed"  # failed sessions are retried, and fail again

@@ -6,7 +6,6 @@ resume across runs and the network guard are tested for real; only AWS itself is
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import subprocess
@@ -213,7 +212,6 @@ def _emoguide(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("staged_output" not in inspect.getsource(cli), reason="needs cli wiring")
 def test_run_reads_from_and_writes_to_a_bucket(bucket):
     for name in ("bbaf2n.mpg", "lbax4n.mpg"):
         bucket.put(f"e2e/in/{name}", _clip(name))

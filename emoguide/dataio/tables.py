@@ -105,6 +105,8 @@ INTERVENTIONS = pa.schema(
         ("n_generated_tokens", pa.int32()),
         ("error", pa.string()),
         ("generation_hash", pa.string()),
+        ("cue", pa.string()),  # the emotion cue lines the prompt carried ('' in the text condition)
+        ("turn_utt_ids", pa.list_(pa.string())),  # every utterance of the client turn, in order
     ]
 )
 
@@ -181,6 +183,15 @@ def write_interventions_part(out_dir: Path, session_id: str, rows: list[dict], g
     write_atomic(table, part_paths(out_dir, session_id)["interventions"])
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part as ``schema``: a part written before a column was added (columns are only ever added)
+    gets it as nulls, so an earlier run folder still resumes."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
+
+
 def merge_parts(out_dir: Path, session_ids: list[str], tables: tuple[str, ...] = tuple(TABLES)) -> dict[str, Path]:
     """Build the run's tables from the given sessions' parts, in input order."""
     written = {}
@@ -190,7 +201,7 @@ def merge_parts(out_dir: Path, session_ids: list[str], tables: tuple[str, ...] =
         for sid in session_ids:
             path = part_paths(out_dir, sid)[name]
             if path.exists():
-                pieces.append(pq.read_table(path).replace_schema_metadata(None).cast(schema))
+                pieces.append(_conform(pq.read_table(path).replace_schema_metadata(None), schema))
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         written[name] = write_atomic(table, out_dir / f"{name}.parquet")
     return written

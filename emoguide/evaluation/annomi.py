@@ -322,8 +322,8 @@ def evaluate_judge(
 ) -> dict[str, Any]:
     """Judge a deterministic sample of AnnoMI therapist utterances and compare with the expert labels.
 
-    Reports: n transcripts / utterances / judge calls, parse failure rate, the score distribution per
-    criterion, ROC AUC of the transcript-level mean judge score (mean over the transcript's parsed
+    Reports: n transcripts / utterances / judge calls, parse failure rate, how often one score is given to
+    every criterion (a judge that does not tell the criteria apart), the score distribution per criterion, ROC AUC of the transcript-level mean judge score (mean over the transcript's parsed
     utterances of the mean of their three criteria) for high vs low ``mi_quality`` with a stratified
     bootstrap 95% CI (scipy.stats.bootstrap resampling high and low transcripts separately), per-criterion
     AUCs, the mean judge score per expert behaviour label with a Kruskal-Wallis p, the agreement of
@@ -345,6 +345,7 @@ def evaluate_judge(
         "n_judge_calls": len(sample),
         "parse_failure_rate": (len(sample) - len(ok)) / len(sample) if sample else None,
         "parse_errors": _parse_error_kinds(sample),
+        "one_score_for_all_criteria": (sum(len(set(x["scores"].values())) == 1 for x in ok) / len(ok)) if ok else None,
         "score_distribution": {
             c: {str(k): sum(1 for s in ok if s["scores"][c] == k) for k in range(1, 6)} for c in rb.criterion_names
         },

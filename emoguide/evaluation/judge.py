@@ -220,6 +220,22 @@ def parse_judgement(
 CRITERIA: tuple[str, ...] = load_rubric(DEFAULT_RUBRIC).criterion_names
 
 
+MAX_REASON_CHARS = 60  # a reason is a phrase; the cap keeps a constrained reply within the judge's token budget
+JUDGE_MAX_NEW_TOKENS = 96  # three lines of 60-character reasons fit
+
+
+def judge_grammar(rubric: Rubric | str = DEFAULT_RUBRIC) -> str:
+    """A GBNF grammar that admits only replies :func:`parse_judgement` accepts.
+
+    Engines that constrain decoding (llama.cpp) then cannot return an unparseable judgement; small judges
+    otherwise drift into prose, markdown or a fourth line. The scores remain the model's own choice.
+    """
+    rb = load_rubric(rubric) if isinstance(rubric, str) else rubric
+    lines = ' "\\n" '.join(f'"{c}: " score " | " reason' for c in rb.criterion_names)
+    return (f"root ::= {lines}\nscore ::= [1-5]\n"
+            f"reason ::= [^\\n|<> ] [^\\n|<>]{{0,{MAX_REASON_CHARS - 1}}}\n")
+
+
 # --------------------------------------------------------------------------------------------------
 # Judging
 # --------------------------------------------------------------------------------------------------

@@ -387,6 +387,11 @@ def render_transcript(
 # --------------------------------------------------------------------------------------------------
 # Rows
 # --------------------------------------------------------------------------------------------------
+# The end of the dialogue block: everything before it is the same for every condition of a client turn,
+# which the llama.cpp engine evaluates once per turn (models.llm.LlamaCppGenerator's prefix_marker).
+TRANSCRIPT_END = "</transcript>"
+
+
 def render_messages(
     context: Sequence[Mapping[str, Any]],
     condition: str,
@@ -401,7 +406,7 @@ def render_messages(
         {"transcript": render_transcript(context, max_turn_chars), "cues": cue_block},
     )
     user = re.sub(
-        r"\n{3,}", "\n\n", user.replace("</transcript>\n\n", "</transcript>\n")
+        r"\n{3,}", "\n\n", user.replace(f"{TRANSCRIPT_END}\n\n", f"{TRANSCRIPT_END}\n")
     ).strip()
     return (
         [
