@@ -182,17 +182,20 @@ def scaling_config(workers: int, folder: Path) -> Path:
 
 
 def time_generation(run_dir: Path, n_prompts: int = 16) -> dict:
-    """CPU twin tokens/s on the run's real prompts: one at a time, then batched."""
+    """The default CPU engine's tokens/s on the run's real prompts: two prompts, then all of them in one call."""
     import pyarrow.parquet as pq
 
     from emoguide.prompts.build import build_prompts
-    from models.llm import TransformersGenerator
+    from ray_jobs.config import load_config
+    from ray_jobs.generate import cpu_generator
 
     utts = pq.read_table(run_dir / "utterances.parquet").to_pylist()
     prompts = [json.loads(p["prompt"]) for p in build_prompts(utts)][:n_prompts]
     if not prompts:
         return {"note": "no client turn answered by a therapist: no prompts"}
-    gen = TransformersGenerator(resolve("llm"), max_new_tokens=64, batch_size=8)
+    settings = load_config(None).generation
+    settings.max_new_tokens = 64
+    gen = cpu_generator(settings, resolve("llm", settings.model))
     gen.generate(prompts[:1])  # warm-up
     started = time.perf_counter()
     single = gen.generate(prompts[:2])
@@ -203,7 +206,8 @@ def time_generation(run_dir: Path, n_prompts: int = 16) -> dict:
     return {
         "single_tokens_per_s": sum(r.n_generated_tokens for r in single) / single_s,
         "batched_tokens_per_s": sum(r.n_generated_tokens for r in batched) / batched_s,
-        "batch_size": 8, "prompts": len(prompts), "max_new_tokens": 64,
+        "engine": settings.engine, "model": settings.model, "batch_size": settings.batch_size,
+        "prompts": len(prompts), "max_new_tokens": 64,
     }
 
 

@@ -61,12 +61,12 @@ _SPEAKER_LABEL = re.compile(r"^\W{0,3}(therapist|counsellor|counselor|assistant)
 
 
 def clean_reply(text: str) -> str:
-    """The words a therapist would say: a leading speaker label ("Therapist:", "**Therapist:**") and quotes
-    around the whole reply removed. Instruct models add the label the prompt's transcript uses, although the
+    """The words a therapist would say: a leading speaker label ("Therapist:", "**Therapist:**") and double
+    quotes around the whole reply (or an opening one whose closing quote fell past max_new_tokens) removed. Instruct models add the label the prompt's transcript uses, although the
     template asks for the words only; nothing else is changed."""
     t = _SPEAKER_LABEL.sub("", text.strip(), count=1).strip()
-    if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'" and t.count(t[0]) == 2:
-        t = t[1:-1].strip()
+    if t[:1] == '"' and (t.count('"') == 1 or (t.count('"') == 2 and t.endswith('"'))):
+        t = t[1:].removesuffix('"').strip()  # quotes around the reply, or an opening one cut off with it
     return t
 
 
@@ -103,16 +103,36 @@ def _derived_dir(model: ResolvedModel) -> Path:
     return cache_dir() / "derived" / safe
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
-    """Reject sampling settings no engine accepts, with the setting named."""
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    if temperature < 0:
-        raise ValueError("temperature must be >= 0")
-    if not 0 < top_p <= 1:
-        raise ValueError("top_p must be in (0, 1]")
-    if repetition_penalty <= 0:
-        raise ValueError("repetition_penalty must be > 0")
+class _Sampling:
+    """The sampling settings both CPU engines take, checked once and recorded the same way."""
+
+    def _set_sampling(
+        self, max_new_tokens: int, temperature: float, top_p: float, seed: int, repetition_penalty: float
+    ) -> None:
+        """Keep the settings; reject those no engine accepts, with the setting named."""
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.seed = int(seed)
+        self.repetition_penalty = float(repetition_penalty)
+
+    def _sampling_params(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "do_sample": self.temperature > 0,
+        }
 
 
 def _pick_dtype(dtype: str) -> str:
@@ -123,7 +143,7 @@ def _pick_dtype(dtype: str) -> str:
     return dtype
 
 
-class TransformersGenerator:
+class TransformersGenerator(_Sampling):
     """Batched chat generation with a transformers causal LM on CPU.
 
     ``num_threads`` calls ``torch.set_num_threads`` (process-wide) when given. ``dtype="auto"`` picks
@@ -151,19 +171,14 @@ class TransformersGenerator:
     ) -> None:
         import torch
 
-        check_sampling(max_new_tokens, temperature, top_p, repetition_penalty)
+        self._set_sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
         self.model_record = model
-        self.max_new_tokens = int(max_new_tokens)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.dtype = _pick_dtype(dtype)
-        self.repetition_penalty = float(repetition_penalty)
         self.cache_implementation = cache_implementation
         self._torch = torch
         load_kw: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -245,16 +260,7 @@ class TransformersGenerator:
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters to record next to each generation (``interventions.parquet.params``)."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "repetition_penalty": self.repetition_penalty,
-            "do_sample": self.temperature > 0,
-            "dtype": self.dtype,
-            "engine": "transformers",
-        }
+        return {**self._sampling_params(), "dtype": self.dtype, "engine": "transformers"}
 
     def render(self, chat: Sequence[Mapping[str, str]]) -> str:
         """The chat as the model sees it (chat template applied, assistant turn opened)."""
@@ -322,7 +328,7 @@ class TransformersGenerator:
         return results
 
 
-class LlamaCppGenerator:
+class LlamaCppGenerator(_Sampling):
     """Chat generation with llama.cpp on a GGUF file, one prompt at a time.
 
     The quantised weights run as they are (no dequantisation, ~1 GB for a 1.5B model); prompts are
@@ -362,16 +368,11 @@ class LlamaCppGenerator:
                 "or set generation.engine: transformers"
             ) from exc
 
-        check_sampling(max_new_tokens, temperature, top_p, repetition_penalty)
+        self._set_sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty)
         path = Path(model.path)
         if path.suffix != ".gguf":
             raise ValueError(f"{path}: the llamacpp engine needs a .gguf file")
         self.model_record = model
-        self.max_new_tokens = int(max_new_tokens)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.seed = int(seed)
-        self.repetition_penalty = float(repetition_penalty)
         self.grammar_text = grammar
         self.grammar = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
         self.prefix_marker = prefix_marker
@@ -394,16 +395,7 @@ class LlamaCppGenerator:
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters to record next to each generation (``interventions.parquet.params``)."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "repetition_penalty": self.repetition_penalty,
-            "do_sample": self.temperature > 0,
-            "engine": "llamacpp",
-            "grammar": self.grammar_text,
-        }
+        return {**self._sampling_params(), "engine": "llamacpp", "grammar": self.grammar_text}
 
     def generate(self, prompts: Sequence[Sequence[Mapping[str, str]]]) -> list[GenerationResult]:
         """One :class:`GenerationResult` per chat, in input order."""

@@ -235,6 +235,8 @@ def test_load_generator_names_the_engines():
         ("I hear you: that is hard.", "I hear you: that is hard."),
         ('"Quoted" and more "x"', '"Quoted" and more "x"'),
         ("The therapist said nothing.", "The therapist said nothing."),
+        ('"Thank you for sharing that. It sounds', "Thank you for sharing that. It sounds"),
+        ("'Tis the season, you said.", "'Tis the season, you said."),
     ],
 )
 def test_clean_reply_removes_only_a_leading_label_and_wrapping_quotes(raw, clean):
