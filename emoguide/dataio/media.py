@@ -208,8 +208,14 @@ def _decode(container: av.container.InputContainer, buf: _ChunkBuffer, fps: floa
         buf.add_audio(out.to_ndarray().reshape(-1))
 
 
-def _cut(path: str | os.PathLike[str], container: av.container.InputContainer, buf: _ChunkBuffer, fps: float,
-         chunk_len: int, search: int) -> Iterator[MediaChunk]:
+def _cut(
+    path: str | os.PathLike[str],
+    container: av.container.InputContainer,
+    buf: _ChunkBuffer,
+    fps: float,
+    chunk_len: int,
+    search: int,
+) -> Iterator[MediaChunk]:
     """Every chunk in order, each cut as soon as enough audio is buffered past it; then the remainder."""
     try:
         for _ in _decode(container, buf, fps):

@@ -83,7 +83,12 @@ def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, label: s
     from scipy import stats
 
     x = np.asarray([v for v in values if v is not None], dtype=float)
-    out: dict[str, Any] = {"n": int(x.size), "mean": float(x.mean()) if x.size else None, "ci_low": None, "ci_high": None}
+    out: dict[str, Any] = {
+        "n": int(x.size),
+        "mean": float(x.mean()) if x.size else None,
+        "ci_low": None,
+        "ci_high": None,
+    }
     if x.size < 2:
         return out
     if np.ptp(x) == 0:
@@ -109,18 +114,27 @@ def paired_difference(
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = x - y
     out: dict[str, Any] = {
-        "n_pairs": int(d.size), "mean_diff": float(d.mean()) if d.size else None,
-        "ci_low": None, "ci_high": None, "wilcoxon_stat": None, "p_value": None,
-    }  # fmt: skip
+        "n_pairs": int(d.size),
+        "mean_diff": float(d.mean()) if d.size else None,
+        "ci_low": None,
+        "ci_high": None,
+        "wilcoxon_stat": None,
+        "p_value": None,
+    }
     if d.size < 2:
         return out
     if np.ptp(d) == 0:
         out["ci_low"] = out["ci_high"] = float(d[0])
     else:
         res = stats.bootstrap(
-            (x, y), lambda u, v, axis=-1: np.mean(u - v, axis=axis), paired=True, n_resamples=n_boot,
-            confidence_level=CI_LEVEL, method="BCa", rng=_rng(seed, label),
-        )  # fmt: skip
+            (x, y),
+            lambda u, v, axis=-1: np.mean(u - v, axis=axis),
+            paired=True,
+            n_resamples=n_boot,
+            confidence_level=CI_LEVEL,
+            method="BCa",
+            rng=_rng(seed, label),
+        )
         out["ci_low"], out["ci_high"] = _clean(res.confidence_interval.low), _clean(res.confidence_interval.high)
     if np.all(d == 0):
         out["wilcoxon_stat"], out["p_value"] = 0.0, 1.0
@@ -141,9 +155,12 @@ def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
 
 
 def bootstrap_items(
-    n_items: int, statistic: Callable[[np.ndarray], float | None], n_boot: int = 2000, seed: int = 0,
+    n_items: int,
+    statistic: Callable[[np.ndarray], float | None],
+    n_boot: int = 2000,
+    seed: int = 0,
     label: str = "items",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Percentile bootstrap CI of ``statistic(item_indices)`` resampling items with replacement.
 
     Resamples where the statistic is undefined (None/NaN, e.g. a correlation of a constant) are left out of
@@ -162,9 +179,14 @@ def bootstrap_items(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap(
-            (np.arange(n_items, dtype=float),), stat, n_resamples=n_boot, vectorized=False, method="percentile",
-            confidence_level=CI_LEVEL, rng=_rng(seed, label),
-        )  # fmt: skip
+            (np.arange(n_items, dtype=float),),
+            stat,
+            n_resamples=n_boot,
+            vectorized=False,
+            method="percentile",
+            confidence_level=CI_LEVEL,
+            rng=_rng(seed, label),
+        )
     dist = np.asarray(res.bootstrap_distribution, dtype=float)
     ok = dist[np.isfinite(dist)]
     out["n_undefined"] = int(dist.size - ok.size)
@@ -217,9 +239,15 @@ def compare_conditions(
             cell.setdefault(key, None)  # type: ignore[arg-type]  # marks the item as present but missing
     conditions = sorted(by_cond, key=lambda c: (c != baseline, str(c)))
     out: dict[str, Any] = {
-        "value": value, "baseline": baseline, "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL,
-        "where": dict(where or {}), "conditions": {}, "differences": {},
-    }  # fmt: skip
+        "value": value,
+        "baseline": baseline,
+        "n_boot": n_boot,
+        "seed": seed,
+        "ci_level": CI_LEVEL,
+        "where": dict(where or {}),
+        "conditions": {},
+        "differences": {},
+    }
     for c in conditions:
         vals = [by_cond[c][k] for k in sorted(by_cond[c], key=_order) if by_cond[c][k] is not None]
         out["conditions"][c] = mean_ci(vals, n_boot, seed, f"mean/{c}") | {
@@ -282,9 +310,10 @@ def krippendorff_alpha(reliability_data: Any, level: str = "ordinal") -> float |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = krippendorff.alpha(
-            reliability_data=data, value_domain=list(SCORES) if level == "ordinal" else None,
+            reliability_data=data,
+            value_domain=list(SCORES) if level == "ordinal" else None,
             level_of_measurement=level,
-        )  # fmt: skip
+        )
     return _clean(a)
 
 
@@ -337,9 +366,12 @@ def _pairwise_kappas(raters: list[str], mat: np.ndarray, crit: str, n_boot: int,
         both = ~np.isnan(mat[n1]) & ~np.isnan(mat[n2])
         a, b = mat[n1, both].astype(int), mat[n2, both].astype(int)
         kappas[f"{r1}|{r2}"] = {"n": int(both.sum())} | bootstrap_items(
-            int(both.sum()), lambda idx, a=a, b=b: weighted_kappa(a[idx], b[idx]), n_boot, seed,
+            int(both.sum()),
+            lambda idx, a=a, b=b: weighted_kappa(a[idx], b[idx]),
+            n_boot,
+            seed,
             f"kappa/{crit}/{r1}|{r2}",
-        )  # fmt: skip
+        )
     return kappas
 
 
@@ -356,7 +388,12 @@ def _correlation(fn: Callable[..., Any], js: np.ndarray, ex: np.ndarray) -> Call
 
 
 def _judge_vs_experts(
-    judge: str, crit: str, scores: Mapping[str, Any], items: list[str], expert_mean: Mapping[str, float], n_boot: int,
+    judge: str,
+    crit: str,
+    scores: Mapping[str, Any],
+    items: list[str],
+    expert_mean: Mapping[str, float],
+    n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
     """One judge against the experts' mean on one criterion: correlations and bias, over the items it scored."""
@@ -374,22 +411,29 @@ def _judge_vs_experts(
         "spearman": bootstrap_items(n, _correlation(stats.spearmanr, js, ex), n_boot, seed, f"rho/{crit}/{judge}"),
         "kendall": bootstrap_items(n, _correlation(stats.kendalltau, js, ex), n_boot, seed, f"tau/{crit}/{judge}"),
         "bias": bootstrap_items(
-            n, lambda idx: float(np.mean(js[idx] - ex[idx])) if len(idx) else None, n_boot, seed,
+            n,
+            lambda idx: float(np.mean(js[idx] - ex[idx])) if len(idx) else None,
+            n_boot,
+            seed,
             f"bias/{crit}/{judge}",
         ),
     }
 
 
 def _criterion_agreement(
-    crit: str, crit_rows: Sequence[Mapping[str, Any]], judged: Mapping[tuple[str, str], Mapping[str, Any]],
-    n_boot: int, seed: int,
+    crit: str,
+    crit_rows: Sequence[Mapping[str, Any]],
+    judged: Mapping[tuple[str, str], Mapping[str, Any]],
+    n_boot: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Everything :func:`agreement` reports for one criterion."""
     raters, items, mat = _rating_matrix(crit_rows)
     res: dict[str, Any] = {
-        "n_items": len(items), "n_raters": len(raters),
+        "n_items": len(items),
+        "n_raters": len(raters),
         "n_items_multiply_rated": int((np.sum(~np.isnan(mat), axis=0) >= 2).sum()),
-    }  # fmt: skip
+    }
     res["krippendorff_alpha_ordinal"] = bootstrap_items(
         len(items), lambda idx, m=mat: krippendorff_alpha(m[:, idx], "ordinal"), n_boot, seed, f"alpha/{crit}"
     )

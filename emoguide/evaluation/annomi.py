@@ -71,7 +71,7 @@ def read_annomi(csv_path: str | Path, columns: Iterable[str] = ()) -> pd.DataFra
 # Roles
 # --------------------------------------------------------------------------------------------------
 def _seconds(stamp: str) -> float:
-    """"hh:mm:ss" (AnnoMI; one row has "00:09:025", read as 9 min 25 s) to seconds."""
+    """ "hh:mm:ss" (AnnoMI; one row has "00:09:025", read as 9 min 25 s) to seconds."""
     total = 0.0
     for part in str(stamp).strip().split(":"):
         total = total * 60 + float(part)
@@ -158,7 +158,8 @@ def evaluate_roles(
     ]
     out = _role_summary(results)
     out["by_quality"] = {
-        q: _role_summary([r for r in results if r["mi_quality"] == q]) for q in sorted({r["mi_quality"] for r in results})
+        q: _role_summary([r for r in results if r["mi_quality"] == q])
+        for q in sorted({r["mi_quality"] for r in results})
     }
     return out
 
@@ -181,7 +182,11 @@ def annomi_sample(
     sample = []
     for tid, g in utts.groupby("transcript_id", sort=True):
         g = g.reset_index(drop=True)
-        cands = [i for i in range(1, len(g)) if g.at[i, "interlocutor"] == "therapist" and str(g.at[i, "utterance_text"]).strip()]
+        cands = [
+            i
+            for i in range(1, len(g))
+            if g.at[i, "interlocutor"] == "therapist" and str(g.at[i, "utterance_text"]).strip()
+        ]
         if not cands:
             continue
         rng = np.random.default_rng([seed, zlib.crc32(str(tid).encode())])
@@ -246,9 +251,14 @@ def _auc_ci(scores: list[float], labels: list[int], n_boot: int, seed: int) -> l
         return float((d > 0).mean() + 0.5 * (d == 0).mean())
 
     res = stats.bootstrap(
-        (hi, lo), auc_stat, n_resamples=n_boot, vectorized=False, paired=False, method="percentile",
+        (hi, lo),
+        auc_stat,
+        n_resamples=n_boot,
+        vectorized=False,
+        paired=False,
+        method="percentile",
         rng=np.random.default_rng(seed),
-    )  # fmt: skip
+    )
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
@@ -260,12 +270,16 @@ def _mi_quality_auc(ok: Sequence[dict[str, Any]], rb: Rubric, n_boot: int, seed:
     return {
         "auc": auc_all,
         "ci95": _auc_ci(scores, labels, n_boot, seed) if auc_all is not None else None,
-        "n_transcripts_high": n_high, "n_transcripts_low": len(labels) - n_high,
+        "n_transcripts_high": n_high,
+        "n_transcripts_low": len(labels) - n_high,
         "per_criterion": {c: _auc(*_transcript_means(ok, c)) for c in rb.criterion_names},
         "mean_score_high": float(np.mean([s for s, y in zip(scores, labels) if y])) if n_high else None,
-        "mean_score_low": float(np.mean([s for s, y in zip(scores, labels) if not y])) if len(labels) > n_high else None,
-        "n_boot": n_boot, "bootstrap": "stratified percentile (high and low transcripts resampled separately)",
-    }  # fmt: skip
+        "mean_score_low": float(np.mean([s for s, y in zip(scores, labels) if not y]))
+        if len(labels) > n_high
+        else None,
+        "n_boot": n_boot,
+        "bootstrap": "stratified percentile (high and low transcripts resampled separately)",
+    }
 
 
 def _by_behaviour(ok: Sequence[dict[str, Any]], rb: Rubric) -> tuple[dict[str, Any], float | None]:
@@ -279,9 +293,11 @@ def _by_behaviour(ok: Sequence[dict[str, Any]], rb: Rubric) -> tuple[dict[str, A
         by_behaviour[b] = {
             "n": len(vals),
             "mean_score": float(np.mean(vals)) if vals else None,
-            **{f"mean_{c}": (float(np.mean([s["scores"][c] for s in ok if s["behaviour"] == b])) if vals else None)
-               for c in rb.criterion_names},
-        }  # fmt: skip
+            **{
+                f"mean_{c}": (float(np.mean([s["scores"][c] for s in ok if s["behaviour"] == b])) if vals else None)
+                for c in rb.criterion_names
+            },
+        }
         if vals:
             groups.append(vals)
     kw_p = None
@@ -302,7 +318,9 @@ def _parse_error_kinds(sample: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 def _form_rules(sample: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Agreement of :func:`reply_form`'s surface rules with the expert reflection/question codes."""
-    coded = [(f, b) for f, b in ((reply_form(s["reply"]), s["behaviour"]) for s in sample) if b in ("reflection", "question")]
+    coded = [
+        (f, b) for f, b in ((reply_form(s["reply"]), s["behaviour"]) for s in sample) if b in ("reflection", "question")
+    ]
     return {
         "n_question_or_reflection": len(coded),
         "accuracy": (sum(f == b for f, b in coded) / len(coded)) if coded else None,
@@ -340,8 +358,13 @@ def evaluate_judge(
         "rubric": rb.id,
         "rubric_sha256": rb.sha256,
         "judge_params": json.loads(generator_params(generator)),
-        "sample": {"per_transcript": per_transcript, "seed": seed, "context_turns": context_turns,
-                   "n_transcripts": len({s["transcript_id"] for s in sample}), "n_utterances": len(sample)},
+        "sample": {
+            "per_transcript": per_transcript,
+            "seed": seed,
+            "context_turns": context_turns,
+            "n_transcripts": len({s["transcript_id"] for s in sample}),
+            "n_utterances": len(sample),
+        },
         "n_judge_calls": len(sample),
         "parse_failure_rate": (len(sample) - len(ok)) / len(sample) if sample else None,
         "parse_errors": _parse_error_kinds(sample),
@@ -355,5 +378,7 @@ def evaluate_judge(
         "form_rules": _form_rules(sample),
         "wall_s": wall,
         "s_per_call": wall / len(sample) if sample else None,
-        "examples": [{k: s[k] for k in ("transcript_id", "utterance_id", "behaviour", "raw", "error")} for s in sample[:5]],
+        "examples": [
+            {k: s[k] for k in ("transcript_id", "utterance_id", "behaviour", "raw", "error")} for s in sample[:5]
+        ],
     }

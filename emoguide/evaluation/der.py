@@ -46,7 +46,7 @@ def diarization_error_rate(
         width = round(collar_s / step_s)
         for s, e, _ in reference:
             for edge in (round(s / step_s), round(e / step_s)):
-                scored[max(0, edge - width): edge + width] = False
+                scored[max(0, edge - width) : edge + width] = False
         r, h = r[:, scored], h[:, scored]
         n = int(scored.sum())
     nr, nh = r.sum(0), h.sum(0)

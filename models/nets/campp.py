@@ -39,9 +39,7 @@ class _ResBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -69,8 +67,9 @@ class _FCM(nn.Module):
 class _TDNN(nn.Module):
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Conv1d(cin, cout, k, stride=stride, padding=(k - 1) // 2 * dilation,
-                                dilation=dilation, bias=False)
+        self.linear = nn.Conv1d(
+            cin, cout, k, stride=stride, padding=(k - 1) // 2 * dilation, dilation=dilation, bias=False
+        )
         self.nonlinear = _bn_relu(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,4 +177,3 @@ def kaldi_mel_banks(n_mels: int = 80, n_fft: int = 512, sr: int = SAMPLE_RATE, l
     down = (right - fft_mel[None]) / (right - centre)
     banks = np.maximum(0.0, np.minimum(up, down))
     return np.pad(banks, ((0, 0), (0, 1))).astype(np.float32)  # n_mels x (n_fft/2 + 1)
-

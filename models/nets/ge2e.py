@@ -54,7 +54,6 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = 400, n_mels: int = 40) ->
     return weights.astype(np.float32)
 
 
-
 class GE2E(nn.Module):
     """Resemblyzer's VoiceEncoder network (same parameter names as its checkpoint)."""
 
@@ -68,4 +67,3 @@ class GE2E(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(mels, lengths, batch_first=True, enforce_sorted=False)
         _, (hidden, _) = self.lstm(packed)
         return self.relu(self.linear(hidden[-1]))
-

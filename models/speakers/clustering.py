@@ -178,7 +178,9 @@ def speaker_turns(
     for w, name in zip(words, speakers, strict=True):
         if name is None or not len(wt):
             continue
-        overlap = np.minimum(wt[:, 1], float(word_value(w, "end"))) - np.maximum(wt[:, 0], float(word_value(w, "start")))
+        overlap = np.minimum(wt[:, 1], float(word_value(w, "end"))) - np.maximum(
+            wt[:, 0], float(word_value(w, "start"))
+        )
         for j in np.flatnonzero((overlap > 0) & (lab >= 0)):
             votes[(int(lab[j]), name)] = votes.get((int(lab[j]), name), 0.0) + float(overlap[j])
     names: dict[int, str] = {}
@@ -215,8 +217,16 @@ def split_by_speaker(segment: Mapping) -> list[dict]:
     words = list(segment.get("words") or [])
     base = {k: v for k, v in segment.items() if k not in ("words", "start", "end", "text", "speaker")}
     if not words:
-        return [{**base, "start": segment.get("start"), "end": segment.get("end"),
-                 "text": (segment.get("text") or "").strip(), "speaker": segment.get("speaker"), "words": []}]
+        return [
+            {
+                **base,
+                "start": segment.get("start"),
+                "end": segment.get("end"),
+                "text": (segment.get("text") or "").strip(),
+                "speaker": segment.get("speaker"),
+                "words": [],
+            }
+        ]
     groups: list[list[Mapping]] = []
     speakers: list[str | None] = []
     for w in words:
@@ -233,6 +243,14 @@ def split_by_speaker(segment: Mapping) -> list[dict]:
         text = "".join(str(w.get("word", "")) for w in grp)
         if not any(str(w.get("word", "")).startswith(" ") for w in grp[1:]):
             text = " ".join(str(w.get("word", "")).strip() for w in grp)
-        out.append({**base, "start": float(grp[0]["start"]), "end": float(grp[-1]["end"]),
-                    "text": " ".join(text.split()), "speaker": spk, "words": [dict(w) for w in grp]})
+        out.append(
+            {
+                **base,
+                "start": float(grp[0]["start"]),
+                "end": float(grp[-1]["end"]),
+                "text": " ".join(text.split()),
+                "speaker": spk,
+                "words": [dict(w) for w in grp],
+            }
+        )
     return out
