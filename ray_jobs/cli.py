@@ -29,7 +29,8 @@ from ray_jobs.runlock import RunLockError, run_lock
 if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
     from ray_jobs.pipeline import RunSummary
 
-    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # argparse's handle on subcommands
+    # argparse's handle on subcommands; argparse names no public type for it
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
 
 log = logging.getLogger("emoguide")
 
@@ -394,7 +395,8 @@ def _print_summary(out: str, summary: RunSummary, config: RunConfig, wall: float
     print(f"utterances: {summary.n_utterances}   media: {media_h:.3f} h   wall time: {wall:.1f} s")
     if summary.media_s > 0:
         print(
-            f"real-time factor: {wall / summary.media_s:.3f} s per media second ({summary.media_s / wall:.2f}x real time)"
+            f"real-time factor: {wall / summary.media_s:.3f} s per media second "
+            f"({summary.media_s / wall:.2f}x real time)"
         )
     if summary.n_interventions:
         rate = summary.generated_tokens / summary.generation_s if summary.generation_s else 0.0

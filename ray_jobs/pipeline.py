@@ -328,7 +328,7 @@ def _group_by_session(
             yield sid, pending.pop(sid), time.monotonic() - first_seen[sid]
     for sid in [sid for sid in session_ids if sid not in done]:
         lost = _failed_chunk("pipeline", "not all chunks came back from the pipeline")
-        yield sid, pending.pop(sid, []) + [lost], None
+        yield sid, [*pending.pop(sid, []), lost], None
 
 
 def run_generation(

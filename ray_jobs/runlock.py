@@ -20,8 +20,8 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +113,8 @@ def _take_over(path: Path, stale: dict[str, Any]) -> None:
     except FileNotFoundError:
         return
     if _read(grave) != stale:
-        try:
+        with suppress(FileExistsError):
             os.link(grave, path)
-        except FileExistsError:
-            pass
     grave.unlink(missing_ok=True)
 
 
@@ -137,7 +135,7 @@ def _create(path: Path) -> tuple[int, dict[str, Any]] | None:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "flock": flocked,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "nonce": secrets.token_hex(8),
     }
     os.write(fd, json.dumps(holder).encode())

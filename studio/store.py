@@ -146,7 +146,7 @@ class Store:
             "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (i, e["session_id"], e["utt_id"], e["condition"], e["model"], e["context"], e["response"])
-                for i, e in zip(ids, entries)
+                for i, e in zip(ids, entries, strict=True)
             ],
         )
         db.execute("INSERT INTO meta VALUES ('item_seed', ?)", (str(seed),))
@@ -231,7 +231,7 @@ class Store:
             ).fetchone()
         if row is None:
             return None
-        return {**dict(zip(CRITERIA, row)), "comment": row[-2], "revision": row[-1]}
+        return {**dict(zip(CRITERIA, row[:-2], strict=True)), "comment": row[-2], "revision": row[-1]}
 
     def rated(self, rater: str) -> set[str]:
         with self._db() as db:

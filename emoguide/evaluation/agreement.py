@@ -8,8 +8,9 @@
   kappa per rater pair) and judge-expert agreement (Spearman rho, Kendall tau-b, mean bias judge - expert),
   each with a bootstrap CI over items.
 
-Reproducibility: items are sorted by their key before resampling (row order does not matter), and every CI uses its own generator ``np.random.default_rng([seed, crc32(label)])`` where the
-label names the quantity (e.g. ``"mean/face"``), so a result depends on ``seed`` and on its own data only, not
+Reproducibility: items are sorted by their key before resampling (row order does not matter), and every CI uses its own
+generator ``np.random.default_rng([seed, crc32(label)])`` where the label names the quantity (e.g. ``"mean/face"``), so
+a result depends on ``seed`` and on its own data only, not
 on which other conditions or criteria were computed. Means and paired differences use
 ``scipy.stats.bootstrap`` with BCa; statistics over items (alpha, kappa, correlations, bias) resample item
 indices with ``scipy.stats.bootstrap`` (percentile method), ignoring degenerate resamples where the statistic
@@ -147,7 +148,7 @@ def paired_difference(
 def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
     """Holm-Bonferroni adjusted p-values (None stays None)."""
     valid = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])
-    m, running, out = len(valid), 0.0, {k: None for k in pvalues}
+    m, running, out = len(valid), 0.0, dict.fromkeys(pvalues)
     for i, (p, k) in enumerate(valid):
         running = max(running, min(1.0, (m - i) * p))
         out[k] = running
@@ -454,7 +455,8 @@ def agreement(
 ) -> dict[str, Any]:
     """Inter-expert and judge-expert agreement per criterion.
 
-    ``ratings``: rows with rater, item, criterion, score (as :func:`emoguide.evaluation.ratings.import_ratings` returns).
+    ``ratings``: rows with rater, item, criterion, score (as :func:`emoguide.evaluation.ratings.import_ratings`
+    returns).
     ``judgements`` (optional): ``judgements.parquet`` rows; ``key``: the rating sheet's key (item → session_id,
     utt_id, condition, model), needed to map blinded items to judged replies.
 

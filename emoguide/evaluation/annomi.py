@@ -97,7 +97,7 @@ def annomi_sessions(csv_path: str | Path, seed: int = 0) -> list[dict]:
         starts = [_seconds(t) for t in rows["timestamp"]]
         texts = [str(t) for t in rows["utterance_text"]]
         utts = []
-        for i, (who, text) in enumerate(zip(rows["interlocutor"], texts)):
+        for i, (who, text) in enumerate(zip(rows["interlocutor"], texts, strict=True)):
             end = starts[i + 1] if i + 1 < len(starts) else starts[i] + len(text.split()) / 2.5
             utts.append({"speaker": label[who], "text": text, "start_s": starts[i], "end_s": max(end, starts[i])})
         sessions.append(
@@ -195,7 +195,7 @@ def annomi_sample(
             ctx = g.iloc[max(0, i - context_turns) : i]
             context = "\n".join(
                 f"{'Therapist' if s == 'therapist' else 'Client'}: {t}"
-                for s, t in zip(ctx["interlocutor"], ctx["utterance_text"])
+                for s, t in zip(ctx["interlocutor"], ctx["utterance_text"], strict=True)
             )
             sample.append(
                 {
@@ -215,7 +215,7 @@ def _judge_sample(sample: list[dict[str, Any]], generator: Any, rb: Rubric) -> f
     t0 = time.perf_counter()
     judged = judge_replies([(s["context"], s["reply"]) for s in sample], generator, rb)
     wall = time.perf_counter() - t0
-    for s, (p, raw) in zip(sample, judged):
+    for s, (p, raw) in zip(sample, judged, strict=True):
         s["scores"], s["error"], s["raw"] = p.scores, p.error, raw
         s["mean_score"] = float(np.mean(list(p.scores.values()))) if p.scores else None
     return wall
@@ -242,12 +242,12 @@ def _auc_ci(scores: list[float], labels: list[int], n_boot: int, seed: int) -> l
     """Stratified percentile bootstrap 95% CI of the AUC (high and low transcripts resampled separately)."""
     from scipy import stats
 
-    hi = np.array([s for s, y in zip(scores, labels) if y == 1])
-    lo = np.array([s for s, y in zip(scores, labels) if y == 0])
+    hi = np.array([s for s, y in zip(scores, labels, strict=True) if y == 1])
+    lo = np.array([s for s, y in zip(scores, labels, strict=True) if y == 0])
 
-    def auc_stat(h: np.ndarray, l: np.ndarray) -> float:
+    def auc_stat(high: np.ndarray, low: np.ndarray) -> float:
         # P(high > low) + 0.5 P(tie): the Mann-Whitney form of ROC AUC
-        d = h[:, None] - l[None, :]
+        d = high[:, None] - low[None, :]
         return float((d > 0).mean() + 0.5 * (d == 0).mean())
 
     res = stats.bootstrap(
@@ -273,8 +273,8 @@ def _mi_quality_auc(ok: Sequence[dict[str, Any]], rb: Rubric, n_boot: int, seed:
         "n_transcripts_high": n_high,
         "n_transcripts_low": len(labels) - n_high,
         "per_criterion": {c: _auc(*_transcript_means(ok, c)) for c in rb.criterion_names},
-        "mean_score_high": float(np.mean([s for s, y in zip(scores, labels) if y])) if n_high else None,
-        "mean_score_low": float(np.mean([s for s, y in zip(scores, labels) if not y]))
+        "mean_score_high": float(np.mean([s for s, y in zip(scores, labels, strict=True) if y])) if n_high else None,
+        "mean_score_low": float(np.mean([s for s, y in zip(scores, labels, strict=True) if not y]))
         if len(labels) > n_high
         else None,
         "n_boot": n_boot,
@@ -341,8 +341,9 @@ def evaluate_judge(
     """Judge a deterministic sample of AnnoMI therapist utterances and compare with the expert labels.
 
     Reports: n transcripts / utterances / judge calls, parse failure rate, how often one score is given to
-    every criterion (a judge that does not tell the criteria apart), the score distribution per criterion, ROC AUC of the transcript-level mean judge score (mean over the transcript's parsed
-    utterances of the mean of their three criteria) for high vs low ``mi_quality`` with a stratified
+    every criterion (a judge that does not tell the criteria apart), the score distribution per criterion, ROC AUC of
+    the transcript-level mean judge score (mean over the transcript's parsed utterances of the mean of their three
+    criteria) for high vs low ``mi_quality`` with a stratified
     bootstrap 95% CI (scipy.stats.bootstrap resampling high and low transcripts separately), per-criterion
     AUCs, the mean judge score per expert behaviour label with a Kruskal-Wallis p, the agreement of
     :func:`reply_form`'s surface rules with the expert behaviour codes, and timing.

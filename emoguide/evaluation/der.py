@@ -58,7 +58,7 @@ def diarization_error_rate(
     if co.size:
         ri, hi = linear_sum_assignment(-co)
         mapped = np.zeros(n, dtype=np.int64)
-        for a, b in zip(ri, hi):
+        for a, b in zip(ri, hi, strict=True):
             mapped += r[a] & h[b]
         matched = mapped
     miss = np.maximum(nr - nh, 0).sum()

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from models.emotion import LABELS, valence_arousal
 from emoguide.evaluation.reference import reply_form
 from emoguide.prompts.build import build_prompts
 from emoguide.session.dissonance import annotate
+from models.emotion import LABELS, valence_arousal
 
 CUE_DIRICHLET_ALPHA = 0.6  # < 1: peaked distributions, as the classifiers give; a mix of agreeing and clashing turns
 
@@ -201,7 +201,7 @@ def score_replies(
         b = encode([str(row["reference"]) for row in rows])
         sims[name] = np.sum(a * b, axis=1)  # embeddings are L2-normalised
     scored = []
-    for i, (row, reply) in enumerate(zip(rows, replies)):
+    for i, (row, reply) in enumerate(zip(rows, replies, strict=True)):
         broken = off_task_rules(reply, dialogue_text(row))
         scored.append(
             {
@@ -225,7 +225,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 5000,
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean_diff": float(d.mean()), "ci95_low": float(lo), "ci95_high": float(hi), "n": int(len(d))}
+    return {"mean_diff": float(d.mean()), "ci95_low": float(lo), "ci95_high": float(hi), "n": len(d)}
 
 
 def bootstrap_mean(values: Sequence[float], n_boot: int = 5000, seed: int = 0) -> dict[str, float]:

@@ -277,7 +277,7 @@ def judge_replies(
     for start in range(0, len(todo), batch):
         idx = todo[start : start + batch]
         results = generator.generate([judge_messages(items[i][0], str(items[i][1]), rb) for i in idx])
-        for i, res in zip(idx, results):
+        for i, res in zip(idx, results, strict=True):
             out[i] = (parse_judgement(res.text, names, getattr(res, "finish_reason", None)), res.text)
         log.info("judged %d/%d replies (%.1f s)", min(start + batch, len(todo)), len(todo), time.perf_counter() - t0)
     return [o for o in out if o is not None]
@@ -354,7 +354,9 @@ def judge_run(
     params = generator_params(generator)
     judged = judge_replies(items, generator, rb)
     out = [
-        row for meta, (p, raw) in zip(metas, judged) for row in _judgement_rows(meta, p, raw, rb, judge_name, params)
+        row
+        for meta, (p, raw) in zip(metas, judged, strict=True)
+        for row in _judgement_rows(meta, p, raw, rb, judge_name, params)
     ]
     n_fail = sum(1 for p, _ in judged if p.error)
     log.info("judged %d replies with %s (%s): %d parse failures", len(judged), judge_name, rb.id, n_fail)

@@ -85,7 +85,7 @@ def format_perception(report: dict[str, Any]) -> str:
                 f"voice {mode:<11}: accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
                 f"(n={r['n_scored']}/{r['n']})"
             )
-        lines.append("confusion (rows true, columns predicted; " + " ".join(l[:4] for l in LABELS) + "):")
+        lines.append("confusion (rows true, columns predicted; " + " ".join(name[:4] for name in LABELS) + "):")
         lines += [
             "  " + f"{label:<10}" + " ".join(f"{n:4d}" for n in row)
             for label, row in zip(LABELS, v["per_speaker"]["confusion"], strict=True)

@@ -31,6 +31,7 @@ Definitions (also in the report and the README):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -110,8 +111,8 @@ def prf(n_matched: int, n_true: int, n_pred: int) -> dict[str, float | int]:
 def clip_regions(clips: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
     """The part of the session timeline each clip owns: halfway to its neighbours' speech, open-ended at
     both ends of the session, so every moment (and every word) belongs to exactly one clip."""
-    cuts = [(a["speech_end_s"] + b["speech_start_s"]) / 2 for a, b in zip(clips, clips[1:])]
-    return list(zip([-np.inf, *cuts], [*cuts, np.inf]))
+    cuts = [(a["speech_end_s"] + b["speech_start_s"]) / 2 for a, b in itertools.pairwise(clips)]
+    return list(zip([-np.inf, *cuts], [*cuts, np.inf], strict=True))
 
 
 def words_by_clip(clips: Sequence[Mapping[str, Any]], utterances: Sequence[Mapping[str, Any]]) -> list[list[dict]]:

@@ -87,8 +87,8 @@ def reply_form(text: str | None) -> str | None:
        "I hear", "part of you", "on one hand", or "you"/"your" (a statement about the client), except
        advice and asides: "you should/could/can/need to/have to/must/might want/may want", "you know";
     3. other: everything else (information, advice, affirmations, greetings).
-    These are surface rules, not MI coding; :func:`emoguide.evaluation.annomi.evaluate_judge` reports their agreement with AnnoMI's
-    expert codes (``form_rules``).
+    These are surface rules, not MI coding; :func:`emoguide.evaluation.annomi.evaluate_judge` reports their agreement
+    with AnnoMI's expert codes (``form_rules``).
     """
     if text is None or not str(text).strip():
         return None
@@ -222,7 +222,7 @@ def reference_metrics(run_dir: Path, embedder: MiniLMEmbedder | None = None) -> 
     if pairs:
         gen_vecs = embedder.encode([g for _, g, _ in pairs])
         ref_vecs = embedder.encode([r for _, _, r in pairs])
-        for (i, _, _), cos in zip(pairs, (gen_vecs * ref_vecs).sum(axis=1)):
+        for (i, _, _), cos in zip(pairs, (gen_vecs * ref_vecs).sum(axis=1), strict=True):
             out[i]["embedding_cosine"] = float(cos)
     table = to_table(out, REFERENCE_METRICS)
     write_atomic(table, run_dir / "reference_metrics.parquet")

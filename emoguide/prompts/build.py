@@ -177,7 +177,7 @@ def _qualifier(p: float) -> str:
 
 def describe_probs(probs: Sequence[float]) -> str:
     """``mostly neutral (62%), some sadness (21%)``: top labels with intensity words, no raw arrays."""
-    ranked = sorted(zip(LABELS, probs), key=lambda kv: -kv[1])
+    ranked = sorted(zip(LABELS, probs, strict=True), key=lambda kv: -kv[1])
     shown = [(k, p) for k, p in ranked[:_MAX_SHOWN] if p >= _MIN_SHOWN] or ranked[:1]
     return ", ".join(f"{_qualifier(p)} {k} ({round(100 * p)}%)" for k, p in shown)
 
@@ -309,7 +309,7 @@ def _channel_readings(g: Sequence[Mapping[str, Any]], ch: str) -> dict[str, Any]
     """A channel's probabilities, valence and arousal over a turn, weighted by utterance duration; readings
     of speech unlike the voice model's training data are left out (and flagged when they were all there is)."""
     weights = [max((_num(u.get("end_s")) or 0.0) - (_num(u.get("start_s")) or 0.0), 0.0) for u in g]
-    usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
+    usable = [(u, w) for u, w in zip(g, weights, strict=True) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
     out: dict[str, Any] = {
         f"{ch}_out_of_domain": not usable and any(_probs(u.get(f"{ch}_probs")) for u in g),
         f"{ch}_probs": _weighted_mean([(p, w) for u, w in usable if (p := _probs(u.get(f"{ch}_probs")))]),

@@ -75,7 +75,9 @@ def _speaker_windows(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
     embeddings = [np.asarray(c["speaker_embeddings"], np.float32) for c in chunks if "speaker_embeddings" in c]
     if not windows or not sum(len(w) for w in windows):
         return np.zeros((0, 2)), np.zeros((0, 1), np.float32)
-    return np.concatenate(windows), np.concatenate([e.reshape(len(w), -1) for w, e in zip(windows, embeddings)])
+    return np.concatenate(windows), np.concatenate(
+        [e.reshape(len(w), -1) for w, e in zip(windows, embeddings, strict=True)]
+    )
 
 
 def diarize(

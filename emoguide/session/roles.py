@@ -194,13 +194,13 @@ def assign_roles(
         roles = {s: THERAPIST if s == therapist_speaker else CLIENT for s in speakers}
         return RoleAssignment(roles, 1.0, evidence)
     if len(speakers) < 2:
-        return RoleAssignment({s: UNKNOWN for s in speakers}, 0.0, evidence)
+        return RoleAssignment(dict.fromkeys(speakers, UNKNOWN), 0.0, evidence)
 
     ranked = sorted(speakers, key=lambda s: stats[s][0], reverse=True)
     therapist, client = ranked[0], ranked[-1]
     confidence = _confidence(stats[therapist], stats[client])
     if confidence < min_confidence:
-        return RoleAssignment({s: UNKNOWN for s in speakers}, confidence, evidence)
+        return RoleAssignment(dict.fromkeys(speakers, UNKNOWN), confidence, evidence)
     roles = {therapist: THERAPIST, client: CLIENT}
     for s in ranked[1:-1]:
         below_therapist = _confidence(stats[therapist], stats[s]) >= min_confidence

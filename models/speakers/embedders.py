@@ -171,7 +171,7 @@ class WespeakerEncoder:
         providers = (["CUDAExecutionProvider"] if device.type == "cuda" else []) + ["CPUExecutionProvider"]
         try:
             self._session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as exc:  # noqa: BLE001 - a wrong file gets one clear message
+        except Exception as exc:
             raise ValueError(f"{path}: not an ONNX speaker encoder: {exc}") from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or inputs[0].shape[-1] not in (80, "80"):
@@ -251,7 +251,7 @@ class SpeakerEmbedder:
             feats = nn.utils.rnn.pad_sequence([m for _, m in batch], batch_first=True)
             emb = self.encoder.forward(feats, torch.tensor([m.shape[0] for _, m in batch]))
             emb = F.normalize(emb.reshape(len(batch), -1), dim=1).cpu().numpy()
-            for (i, _), e in zip(batch, emb):
+            for (i, _), e in zip(batch, emb, strict=True):
                 sums[i] += e
         done = np.array(sorted({i for i, _ in items}))
         out[done] = sums[done] / np.maximum(np.linalg.norm(sums[done], axis=1, keepdims=True), 1e-12)
