@@ -144,7 +144,7 @@ class Transcriber:
         self.beam_size = beam_size
         self._encoded: list[np.ndarray] = []
         if keep_encoder:
-            self._model.encode = self._capturing(self._model.encode)  # type: ignore[method-assign]
+            self._model.encode = self._capturing(self._model.encode)
 
     def _capturing(
         self, encode: Callable[[np.ndarray], ctranslate2.StorageView]

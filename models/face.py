@@ -151,7 +151,7 @@ class FaceDetector:
                 )
                 faces.append(
                     Detection(
-                        box=tuple(float(v) for v in box),
+                        box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
                         score=float(det.categories[0].score),
                         keypoints=tuple((float(k.x), float(k.y)) for k in det.keypoints or []),
                     )
@@ -244,6 +244,7 @@ def _build_mini_xception(weights: dict[str, np.ndarray]) -> torch.nn.Module:
         gamma = weights[f"{name}/gamma"]
         bn = nn.BatchNorm2d(len(gamma), eps=1e-3)  # Keras default epsilon
         bn.weight, bn.bias = tensor(f"{name}/gamma"), tensor(f"{name}/beta")
+        assert bn.running_mean is not None and bn.running_var is not None  # BatchNorm2d tracks them by default
         bn.running_mean.copy_(torch.from_numpy(weights[f"{name}/moving_mean"]))
         bn.running_var.copy_(torch.from_numpy(weights[f"{name}/moving_variance"]))
         return bn
@@ -664,7 +665,7 @@ def aggregate(frame_times: np.ndarray, faces: FaceFrames, start: float, end: flo
         nearest = int(np.argmin(distance))
         if distance[nearest] <= NEAREST_FRAME_S:
             window = np.array([nearest])
-    empty = {
+    empty: dict[str, object] = {
         "face_coverage": None,
         "face_probs": None,
         "face_valence": None,

@@ -433,6 +433,7 @@ def fetch(name: str) -> Path:
 
     from huggingface_hub import hf_hub_download, snapshot_download
 
+    assert spec.hub_repo is not None  # a spec without a URL has a repo (checked above)
     try:
         if spec.hub_file:
             hf_hub_download(spec.hub_repo, spec.hub_file, local_dir=target)

@@ -436,7 +436,7 @@ class TransformersVoiceEmotion:
         """Emotion of each 16 kHz mono utterance; short or silent ones get NaN outputs."""
         n = len(segments)
         usable = np.array([usable_audio(s) for s in segments], dtype=bool)
-        order = sorted(np.flatnonzero(usable), key=lambda i: len(segments[i]))  # similar lengths pad less
+        order = sorted(np.flatnonzero(usable).tolist(), key=lambda i: len(segments[i]))  # similar lengths pad less
         outputs = np.full((n, self._net.config.num_labels), np.nan, dtype=np.float32)
         for start in range(0, len(order), self._batch_size):
             rows = order[start : start + self._batch_size]

@@ -301,7 +301,7 @@ def run_overrides(args: argparse.Namespace) -> dict:
         )
         if v is not None
     }
-    generation = {}
+    generation: dict[str, object] = {}
     if args.no_generate:
         generation["enabled"] = False
     if args.conditions:
@@ -528,10 +528,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command in ("judge", "metrics", "compare", "rating-sheet", "import-ratings", "agreement"):
         return cmd_eval_results(args)
     if args.eval_command == "annomi":
-        from emoguide.evaluation.annomi import evaluate_judge as evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_judge
 
         generator, name = _judge_generator(args.model, None, args.batch_size, args.engine)
-        report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
+        report = evaluate_judge(args.file, generator, name, per_transcript=args.per_transcript)
         _print_json(report, args.out / "annomi_judge.json" if args.out else None)
         return 0
     if args.eval_command == "pipeline":
@@ -540,7 +540,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from emoguide.dataio.inputs import collect_sessions
         from emoguide.evaluation import perception as evaluation
 
-        report: dict = {}
+        report = {}
         if args.ravdess:
             files = evaluation.ravdess_files(args.ravdess, evaluation.parse_actors(args.actors))
             if not files:
@@ -553,9 +553,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise InputError("give --ravdess and/or --videos")
         print(evaluation.format_perception(report))
     else:
-        from emoguide.evaluation.annomi import evaluate_roles as evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_roles
 
-        report = evaluate_annomi(args.annomi)
+        report = evaluate_roles(args.annomi)
         print(
             f"sessions {report['sessions']}: session accuracy {report['session_accuracy']:.3f}, "
             f"utterance accuracy {report['utterance_accuracy']:.3f}, abstained {report['abstained']:.3f}"

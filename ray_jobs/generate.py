@@ -118,7 +118,7 @@ class CpuGenerationStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["prompt"])
-        out = {k: batch[k] for k in _KEYS}
+        out: dict[str, Any] = {k: batch[k] for k in _KEYS}
         try:
             results = self.generator.generate([json.loads(p) for p in batch["prompt"]])
             out.update(

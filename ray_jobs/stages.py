@@ -213,7 +213,7 @@ class FaceStage:
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        frames = row.get("frames")
+        frames: Any = row.get("frames")
         row = {k: v for k, v in row.items() if k != "frames"}
         if row.get("error"):
             return row
@@ -297,7 +297,7 @@ class VoiceStage:
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        audio = row.get("audio")
+        audio: Any = row.get("audio")
         row = {k: v for k, v in row.items() if k != "audio"}
         if row.get("error"):
             return row

@@ -96,7 +96,7 @@ class Studio:
     async def sessions_page(self, request: Request) -> Response:
         progress = self.store.progress()
         rows = [
-            {"s": s, "progress": progress.get(s.get("session_id"), {"items": 0, "ratings": 0})}
+            {"s": s, "progress": progress.get(s.get("session_id") or "", {"items": 0, "ratings": 0})}
             for s in self.run.sessions
         ]
         has_report = security.contained_file(self.run_dir, "report/index.html") is not None

@@ -38,7 +38,9 @@ def csrf_token(key: str, seed: str) -> str:
 
 
 def csrf_ok(key: str, seed: str | None, token: object) -> bool:
-    return bool(seed) and isinstance(token, str) and hmac.compare_digest(csrf_token(key, seed), token)
+    if not seed or not isinstance(token, str):
+        return False
+    return hmac.compare_digest(csrf_token(key, seed), token)
 
 
 def content_security_policy(html: str = "") -> str:

@@ -258,7 +258,11 @@ def iter_chunks(
     info = probe(path)
     if not info.has_audio:
         raise MediaError(path, "no audio stream (a session needs speech)")
-    size = _target_size(info.width, info.height, max_side) if info.has_video else None
+    size = (
+        _target_size(info.width, info.height, max_side)
+        if info.has_video and info.width is not None and info.height is not None
+        else None
+    )
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:

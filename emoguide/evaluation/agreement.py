@@ -19,6 +19,7 @@ is undefined (their count is reported as ``n_undefined``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -224,7 +225,7 @@ def compare_conditions(
     data = as_rows(rows)
     if where:
         data = [r for r in data if all(r.get(k) == v for k, v in where.items())]
-    by_cond: dict[str, dict[tuple, float]] = {}
+    by_cond: dict[str | None, dict[tuple, float]] = {}
     for r in data:
         cond, key = r.get("condition"), tuple(r.get(k) for k in item_keys)
         cell = by_cond.setdefault(cond, {})
@@ -318,6 +319,16 @@ def krippendorff_alpha(reliability_data: Any, level: str = "ordinal") -> float |
     return _clean(a)
 
 
+def _kappa_of_items(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> float | None:
+    """Weighted kappa of two raters over the resampled items ``idx``."""
+    return weighted_kappa(a[idx], b[idx])
+
+
+def _alpha_of_items(mat: np.ndarray, idx: np.ndarray) -> float | None:
+    """Ordinal alpha of a raters x items matrix over the resampled items ``idx``."""
+    return krippendorff_alpha(mat[:, idx], "ordinal")
+
+
 def weighted_kappa(a: Sequence[int], b: Sequence[int], labels: Sequence[int] = SCORES) -> float | None:
     """Quadratic-weighted Cohen's kappa over the full 1-5 scale (None when undefined)."""
     from sklearn.metrics import cohen_kappa_score
@@ -343,9 +354,9 @@ def _judged_items(judgements: Any, key: Any) -> dict[tuple[str, str], dict[str, 
         item_of[(str(k["session_id"]), str(k["utt_id"]), str(k["condition"]), str(k.get("model") or ""))] = item
     judged: dict[tuple[str, str], dict[str, Any]] = {}
     for j in as_rows(judgements):
-        item = item_of.get((str(j["session_id"]), str(j["utt_id"]), str(j["condition"]), str(j.get("model") or "")))
-        if item is not None:
-            judged.setdefault((j["judge"], j["criterion"]), {})[item] = _num(j.get("score"))
+        rated = item_of.get((str(j["session_id"]), str(j["utt_id"]), str(j["condition"]), str(j.get("model") or "")))
+        if rated is not None:
+            judged.setdefault((j["judge"], j["criterion"]), {})[rated] = _num(j.get("score"))
     return judged
 
 
@@ -368,7 +379,7 @@ def _pairwise_kappas(raters: list[str], mat: np.ndarray, crit: str, n_boot: int,
         a, b = mat[n1, both].astype(int), mat[n2, both].astype(int)
         kappas[f"{r1}|{r2}"] = {"n": int(both.sum())} | bootstrap_items(
             int(both.sum()),
-            lambda idx, a=a, b=b: weighted_kappa(a[idx], b[idx]),
+            functools.partial(_kappa_of_items, a, b),
             n_boot,
             seed,
             f"kappa/{crit}/{r1}|{r2}",
@@ -436,7 +447,7 @@ def _criterion_agreement(
         "n_items_multiply_rated": int((np.sum(~np.isnan(mat), axis=0) >= 2).sum()),
     }
     res["krippendorff_alpha_ordinal"] = bootstrap_items(
-        len(items), lambda idx, m=mat: krippendorff_alpha(m[:, idx], "ordinal"), n_boot, seed, f"alpha/{crit}"
+        len(items), functools.partial(_alpha_of_items, mat), n_boot, seed, f"alpha/{crit}"
     )
     res["kappa_quadratic"] = _pairwise_kappas(raters, mat, crit, n_boot, seed)
     expert_mean = {i: float(np.nanmean(mat[:, n])) for n, i in enumerate(items)}

@@ -54,7 +54,7 @@ def diarization_error_rate(
     if total == 0:
         return {"der": float("nan"), "miss": 0.0, "false_alarm": 0.0, "confusion": 0.0, "total_s": 0.0}
     co = r.astype(np.int64) @ h.T.astype(np.int64)  # ref x hyp co-occurrence frames
-    matched = 0
+    matched: int | np.ndarray = 0
     if co.size:
         ri, hi = linear_sum_assignment(-co)
         mapped = np.zeros(n, dtype=np.int64)

@@ -219,7 +219,11 @@ def import_ratings(
                     (str(row.get("rater") or "").strip(), str(row.get("criterion") or "").strip(), row.get("score"))
                 ]
             else:
-                cells = [(rater.strip(), c, row.get(c)) for c in criteria if c in row and str(row.get(c) or "").strip()]
+                cells = [
+                    ((rater or "").strip(), c, row.get(c))
+                    for c in criteria
+                    if c in row and str(row.get(c) or "").strip()
+                ]
             if not item:
                 errors.append(f"{where}: empty item")
             elif known is not None and item not in known:

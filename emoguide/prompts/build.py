@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -282,12 +282,15 @@ def _weighted_mean(values: list[tuple[list[float] | float, float]]) -> Any:
         values, total = [(x, 1.0) for x, _ in values], float(len(values))
     first = values[0][0]
     if isinstance(first, list):
-        return [sum(x[i] * w for x, w in values) / total for i in range(len(first))]
-    return sum(x * w for x, w in values) / total
+        vectors = cast(list[tuple[list[float], float]], values)
+        return [sum(x[i] * w for x, w in vectors) / total for i in range(len(first))]
+    scalars = cast(list[tuple[float, float]], values)
+    return sum(x * w for x, w in scalars) / total
 
 
 def _role(u: Mapping[str, Any]) -> str:
-    return u.get("role") if u.get("role") in ROLE_NAMES else "unknown"
+    role = u.get("role")
+    return str(role) if role in ROLE_NAMES else "unknown"
 
 
 def _role_runs(utterances: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:

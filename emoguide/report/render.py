@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import pyarrow.parquet as pq
@@ -123,7 +123,7 @@ def _read(path: Path, exclude: Iterable[str] = ()) -> list[dict[str, Any]] | Non
 def _by_session(rows: list[dict[str, Any]] | None) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows or []:
-        grouped.setdefault(row.get("session_id"), []).append(row)
+        grouped.setdefault(cast(str, row.get("session_id")), []).append(row)
     return grouped
 
 
@@ -346,12 +346,12 @@ def _score_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Judgements of one generation as {criteria, judges, cells[judge][criterion] = (score, rationale)}."""
     if not rows:
         return None
-    criteria = _order((r.get("criterion") for r in rows), CRITERIA)
+    criteria = _order((cast(str, r.get("criterion")) for r in rows), CRITERIA)
     judges = list(dict.fromkeys(str(r.get("judge")) for r in rows))
     cells: dict[str, dict[str, dict[str, Any]]] = {j: {} for j in judges}
     for r in rows:
         score = _finite(r.get("score"))
-        cells[str(r.get("judge"))][r.get("criterion")] = {
+        cells[str(r.get("judge"))][cast(str, r.get("criterion"))] = {
             "score": None if score is None else (int(score) if score == int(score) else round(score, 2)),
             "rationale": r.get("rationale"),
         }
@@ -429,7 +429,7 @@ def _judge_summary(
         cond = j.get("condition") if "condition" in j else cond_of.get(tuple(j.get(k) for k in keys))
         score = _finite(j.get("score"))
         if cond is not None and score is not None:
-            agg.setdefault((cond, j.get("criterion")), []).append(score)
+            agg.setdefault((cond, cast(str, j.get("criterion"))), []).append(score)
     if not agg:
         return None
     conds = _order((c for c, _ in agg), CONDITIONS + REFERENCE_CONDITIONS)
@@ -611,7 +611,7 @@ class RunTables:
 
     def session_page(self, session: dict[str, Any]) -> dict[str, Any]:
         """:func:`session_context` of one of this run's sessions."""
-        sid = session.get("session_id")
+        sid = cast(str, session.get("session_id"))  # the contract: a non-null string
         return session_context(
             session,
             self.utterances.get(sid, []),
@@ -648,7 +648,7 @@ def build_report(run_dir: Path, session_id: str | None = None, out: Path | None 
     interventions_rows, judgements_rows = run.interventions_rows, run.judgements_rows
     interventions, judgements = run.interventions, run.judgements
 
-    ids = [s.get("session_id") for s in sessions]
+    ids = [cast(str, s.get("session_id")) for s in sessions]
     if session_id is not None and session_id not in ids:
         known = ", ".join(map(str, ids[:20])) + (" …" if len(ids) > 20 else "")
         raise ReportError(f"session {session_id!r} is not in {run_dir / 'sessions.parquet'} (sessions: {known})")
@@ -659,7 +659,7 @@ def build_report(run_dir: Path, session_id: str | None = None, out: Path | None 
 
     written = []
     for s in sessions:
-        sid = s.get("session_id")
+        sid = cast(str, s.get("session_id"))
         if session_id is not None and sid != session_id:
             continue
         ctx = run.session_page(s)
@@ -668,7 +668,7 @@ def build_report(run_dir: Path, session_id: str | None = None, out: Path | None 
 
     rows = []
     for s in sessions:
-        sid = s.get("session_id")
+        sid = cast(str, s.get("session_id"))
         page = out / names[sid]
         rows.append(
             {

@@ -59,6 +59,7 @@ def utterance_dissonance(
     unusable = _unusable(utt, min_face_confidence, min_voice_confidence)
     if unusable:
         return Dissonance(None, None, None, unusable)
+    assert fv is not None and fa is not None and vv is not None and va is not None  # _unusable checked them
     gap = max(abs(fv - vv), abs(fa - va))
     score = None
     fp, vp = utt.get("face_probs"), utt.get("voice_probs")

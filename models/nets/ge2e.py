@@ -18,7 +18,7 @@ from torch import nn
 from models.audio import SAMPLE_RATE
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale (librosa ``htk=False``)."""
     f = np.asarray(f, dtype=np.float64)
     f_sp = 200.0 / 3

@@ -155,8 +155,8 @@ def assign_words(
             raw.append(tied[0])
         else:
             gap = np.maximum(wt[:, 0] - e, 0) + np.maximum(s - wt[:, 1], 0)
-            j = int(np.argmin(gap))
-            raw.append(int(lab[j]) if gap[j] <= max_distance_s else -1)
+            nearest = int(np.argmin(gap))
+            raw.append(int(lab[nearest]) if gap[nearest] <= max_distance_s else -1)
     renamed = _relabel_first_appearance(np.asarray(raw, dtype=int))
     return [f"S{r}" if r >= 0 else None for r in renamed]
 

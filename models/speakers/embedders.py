@@ -250,8 +250,8 @@ class SpeakerEmbedder:
         for batch in self.encoder.batches(items, self.batch_size):
             feats = nn.utils.rnn.pad_sequence([m for _, m in batch], batch_first=True)
             emb = self.encoder.forward(feats, torch.tensor([m.shape[0] for _, m in batch]))
-            emb = F.normalize(emb.reshape(len(batch), -1), dim=1).cpu().numpy()
-            for (i, _), e in zip(batch, emb, strict=True):
+            vecs = F.normalize(emb.reshape(len(batch), -1), dim=1).cpu().numpy()
+            for (i, _), e in zip(batch, vecs, strict=True):
                 sums[i] += e
         done = np.array(sorted({i for i, _ in items}))
         out[done] = sums[done] / np.maximum(np.linalg.norm(sums[done], axis=1, keepdims=True), 1e-12)
