@@ -35,8 +35,8 @@ test: $(STAMP)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will skip"
 	$(BIN)/python -m pytest -q
 
-# Lint and types of the package code; ruff and mypy are pinned in the `test` extra. tests/ and benchmarks/ are not
-# part of it (pyproject.toml keeps ruff to pyflakes there and never reformats them).
+# Lint and types of the package code; ruff and mypy are pinned in the `test` extra. tests/, benchmarks/ and
+# scripts/ are not part of it (pyproject.toml keeps ruff to pyflakes there and never reformats them).
 LINT_PATHS := emoguide models ray_jobs studio
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
