@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will skip"
 	$(BIN)/python -m pytest -q
+
+# Lint and types of the package code; ruff and mypy are pinned in the `test` extra. tests/, benchmarks/ and
+# scripts/ are not part of it (pyproject.toml keeps ruff to pyflakes there and never reformats them).
+LINT_PATHS := emoguide models ray_jobs studio
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
 
 clean:
 	rm -rf out .pytest_cache

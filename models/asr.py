@@ -138,18 +138,17 @@ class Transcriber:
         keep_encoder: bool = False,
     ) -> None:
         self.model_info = model
-        self._model = WhisperModel(
-            str(model.path), device=device, compute_type=compute_type, cpu_threads=cpu_threads
-        )
+        self._model = WhisperModel(str(model.path), device=device, compute_type=compute_type, cpu_threads=cpu_threads)
         # English-only checkpoints (".en") reject a language argument other than English.
         self.language = "en" if not self._model.model.is_multilingual else language
         self.beam_size = beam_size
         self._encoded: list[np.ndarray] = []
         if keep_encoder:
-            self._model.encode = self._capturing(self._model.encode)  # type: ignore[method-assign]
+            self._model.encode = self._capturing(self._model.encode)
 
-    def _capturing(self, encode: Callable[[np.ndarray], ctranslate2.StorageView]
-                   ) -> Callable[[np.ndarray], ctranslate2.StorageView]:
+    def _capturing(
+        self, encode: Callable[[np.ndarray], ctranslate2.StorageView]
+    ) -> Callable[[np.ndarray], ctranslate2.StorageView]:
         """``WhisperModel.encode`` that also keeps the first window's output of each input: an input is
         at most ``MAX_PACK_S`` long, so that window holds all of it, and the voice channel reuses it
         instead of encoding the audio a second time."""
@@ -182,15 +181,18 @@ class Transcriber:
             return []
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if speech is None:
-            speech = [(t["start"] / SAMPLE_RATE + offset_s, t["end"] / SAMPLE_RATE + offset_s)
-                      for t in get_speech_timestamps(audio, VadOptions())]
+            speech = [
+                (t["start"] / SAMPLE_RATE + offset_s, t["end"] / SAMPLE_RATE + offset_s)
+                for t in get_speech_timestamps(audio, VadOptions())
+            ]
         voiced = voiced_frames(audio)
         pieces = padded_pieces(speech_groups(speech, max_pause_s, MAX_INPUT_S), offset_s, len(audio))
         segments = [s for pack in packs(pieces) for s in self._transcribe_pack(audio, offset_s, pack, voiced)]
         return [s for s in segments if s is not None]
 
-    def _transcribe_pack(self, audio: np.ndarray, offset_s: float, pack: Sequence[Piece], voiced: np.ndarray
-                         ) -> list[Segment | None]:
+    def _transcribe_pack(
+        self, audio: np.ndarray, offset_s: float, pack: Sequence[Piece], voiced: np.ndarray
+    ) -> list[Segment | None]:
         """Decode the pack's groups as one input. A decode that went wrong anywhere (a word on the silence
         between groups or on two of them, a group's text the audio cannot hold) is not trusted for any
         group: a loop over one group is the decoder derailed for the whole input (RAVDESS's repeated
@@ -200,30 +202,31 @@ class Transcriber:
             return [self._transcribe_alone(audio, offset_s, pack[0], voiced)]
         packed = np.zeros(pack[-1].at + pack[-1].b - pack[-1].a, np.float32)
         for piece in pack:
-            packed[piece.at: piece.at + piece.b - piece.a] = audio[piece.a: piece.b]
+            packed[piece.at : piece.at + piece.b - piece.a] = audio[piece.a : piece.b]
         segments = self._decode(packed, fallback=False)
         encoder = self._encoded[0] if self._encoded else None
         shares = _shares(segments, pack)
-        if shares is None or any(implausible("".join(w.word for _, w, _ in share), piece.group.voiced_s)
-                                 for piece, share in zip(pack, shares)):
+        if shares is None or any(
+            implausible("".join(w.word for _, w, _ in share), piece.group.voiced_s)
+            for piece, share in zip(pack, shares, strict=True)
+        ):
             return [self._transcribe_alone(audio, offset_s, piece, voiced) for piece in pack]
         out = []
-        for piece, share in zip(pack, shares):
+        for piece, share in zip(pack, shares, strict=True):
             segment = _segment(share, piece, offset_s, voiced, [], encoder)
             if segment is None or len(segment.words) < MIN_PACKED_WORDS_PER_S * piece.group.voiced_s:
                 segment = self._transcribe_alone(audio, offset_s, piece, voiced)
             out.append(segment)
         return out
 
-    def _transcribe_alone(self, audio: np.ndarray, offset_s: float, piece: Piece, voiced: np.ndarray
-                          ) -> Segment | None:
+    def _transcribe_alone(self, audio: np.ndarray, offset_s: float, piece: Piece, voiced: np.ndarray) -> Segment | None:
         """Decode one group as its own input; a transcript the audio cannot hold is decoded again with
         seeded temperature fallback."""
         piece = replace(piece, at=0)
-        segments = self._decode(audio[piece.a: piece.b], fallback=False)
+        segments = self._decode(audio[piece.a : piece.b], fallback=False)
         flags: list[str] = []
         if implausible(_text(segments), piece.group.voiced_s):
-            segments = self._decode(audio[piece.a: piece.b], fallback=True)
+            segments = self._decode(audio[piece.a : piece.b], fallback=True)
             flags.append("redecoded")
             if implausible(_text(segments), piece.group.voiced_s):
                 flags.append("implausible_text")
@@ -238,8 +241,13 @@ class Transcriber:
             ctranslate2.set_random_seed(FALLBACK_SEED)
         self._encoded.clear()
         segments, _ = self._model.transcribe(
-            audio, language=self.language, beam_size=self.beam_size, temperature=temperature,
-            word_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            temperature=temperature,
+            word_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
         )
         return list(segments)  # decoding runs here (the generator is lazy), filling self._encoded
 
@@ -295,8 +303,9 @@ def _shares(segments: Sequence[Any], pack: Sequence[Piece]) -> list[_Share] | No
     return shares
 
 
-def _segment(share: _Share, piece: Piece, offset_s: float, voiced: np.ndarray, flags: list[str],
-             encoder: np.ndarray | None) -> Segment | None:
+def _segment(
+    share: _Share, piece: Piece, offset_s: float, voiced: np.ndarray, flags: list[str], encoder: np.ndarray | None
+) -> Segment | None:
     """The group's segment from its share of a decode; None when no word lies on its speech.
 
     ``encoder_start`` is the session time of the input's first frame as this group's audio maps to it
@@ -330,8 +339,9 @@ def words_text(words: Sequence[Word]) -> str:
     return " ".join("".join(w.word for w in words).split())
 
 
-def _words_in_speech(share: _Share, piece: Piece, input_start: float, offset_s: float, voiced: np.ndarray
-                     ) -> tuple[list[Word], int]:
+def _words_in_speech(
+    share: _Share, piece: Piece, input_start: float, offset_s: float, voiced: np.ndarray
+) -> tuple[list[Word], int]:
     """The words in session seconds, each cut to its group's audio (a packed word may reach into the
     silence after it), trimmed to the voiced audio inside it and clipped to the speech region it overlaps
     most; words that overlap no region (Whisper wrote them over silence) are dropped. Returns the words
@@ -370,7 +380,7 @@ def longest_repeat(words: Sequence[str], max_n: int = 4) -> int:
     for n in range(2, max_n + 1):
         for start in range(len(words) - n):
             copies = 1
-            while words[start + copies * n: start + (copies + 1) * n] == words[start: start + n]:
+            while words[start + copies * n : start + (copies + 1) * n] == words[start : start + n]:
                 copies += 1
             best = max(best, copies)
     return best
@@ -394,8 +404,9 @@ HOP_S = 0.01  # voicing is decided per 10 ms (25 ms windows)
 _WIN = 400
 
 
-def voiced_frames(audio: np.ndarray, sr: int = SAMPLE_RATE, below_peak_db: float = 35.0, above_noise_db: float = 10.0
-                  ) -> np.ndarray:
+def voiced_frames(
+    audio: np.ndarray, sr: int = SAMPLE_RATE, below_peak_db: float = 35.0, above_noise_db: float = 10.0
+) -> np.ndarray:
     """Per 10 ms hop: is there speech energy? Louder than both ``below_peak_db`` under the loud end of
     the audio (its 99th percentile, so one click does not set it) and ``above_noise_db`` over its
     noise floor (10th percentile): digital silence and room noise are both left out."""
@@ -409,8 +420,14 @@ def voiced_frames(audio: np.ndarray, sr: int = SAMPLE_RATE, below_peak_db: float
     return db > threshold
 
 
-def trim_to_voice(start: float, end: float, voiced: np.ndarray, first_in_segment: bool = False,
-                  pause_s: float = 0.3, pad_s: float = 0.03) -> tuple[float, float]:
+def trim_to_voice(
+    start: float,
+    end: float,
+    voiced: np.ndarray,
+    first_in_segment: bool = False,
+    pause_s: float = 0.3,
+    pad_s: float = 0.03,
+) -> tuple[float, float]:
     """``(start, end)`` (seconds into the audio) shrunk to the voiced audio inside it, with ``pad_s`` of
     margin for soft onsets; unchanged when nothing inside is voiced (a quiet word is still a word).
 

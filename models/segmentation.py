@@ -38,7 +38,6 @@ from models.audio import SAMPLE_RATE
 from models.registry import ResolvedModel
 
 
-
 class _SincNet(nn.Module):
     """pyannote.audio's SincNet front end (MIT), parameter names kept so its state dict loads as is."""
 
@@ -47,17 +46,19 @@ class _SincNet(nn.Module):
         from asteroid_filterbanks import Encoder, ParamSincFB
 
         self.wav_norm1d = nn.InstanceNorm1d(1, affine=True)
-        self.conv1d = nn.ModuleList([
-            Encoder(ParamSincFB(80, 251, stride=stride, sample_rate=SAMPLE_RATE, min_low_hz=50, min_band_hz=50)),
-            nn.Conv1d(80, 60, 5),
-            nn.Conv1d(60, 60, 5),
-        ])
+        self.conv1d = nn.ModuleList(
+            [
+                Encoder(ParamSincFB(80, 251, stride=stride, sample_rate=SAMPLE_RATE, min_low_hz=50, min_band_hz=50)),
+                nn.Conv1d(80, 60, 5),
+                nn.Conv1d(60, 60, 5),
+            ]
+        )
         self.pool1d = nn.ModuleList([nn.MaxPool1d(3, stride=3) for _ in range(3)])
         self.norm1d = nn.ModuleList([nn.InstanceNorm1d(n, affine=True) for n in (80, 60, 60)])
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:  # B x 1 x samples -> B x 60 x frames
         x = self.wav_norm1d(waveforms)
-        for i, (conv, pool, norm) in enumerate(zip(self.conv1d, self.pool1d, self.norm1d)):
+        for i, (conv, pool, norm) in enumerate(zip(self.conv1d, self.pool1d, self.norm1d, strict=True)):
             x = conv(x)
             x = F.leaky_relu(norm(pool(torch.abs(x) if i == 0 else x)))
         return x
@@ -119,12 +120,14 @@ def load_pyannote_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     file = _checkpoint_file(Path(path))
     if not file.is_file():
         raise FileNotFoundError(f"speech segmentation: no checkpoint at {str(file)!r}")
-    stand_ins = [(type(name, (_Pickled,), {}), f"pyannote.audio.core.task.{name}")
-                 for name in ("Specifications", "Problem", "Resolution")]
+    stand_ins = [
+        (type(name, (_Pickled,), {}), f"pyannote.audio.core.task.{name}")
+        for name in ("Specifications", "Problem", "Resolution")
+    ]
     try:
         with safe_globals([TorchVersion, *stand_ins]):
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a wrong file gets one clear message
+    except Exception as exc:
         raise ValueError(f"speech segmentation: {str(file)!r} is not a pyannote checkpoint: {exc}") from exc
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "classifier.weight" not in state:
@@ -146,7 +149,8 @@ class SpeechSegmenter:
     ``step_s`` trades speed for smoothing: every frame is seen by ``10 / step_s`` windows (pyannote uses
     1 s; 2.5 s costs a quarter and gave the same DER within 0.1 point on the benchmark dialogues).
     ``batch_size`` windows go through the network at once: the SincNet layer's output for one 10 s
-    window is 5 MB and its intermediates several times that, so small batches keep the actor's peak low. Regions shorter than ``min_speech_s`` are dropped and pauses shorter than
+    window is 5 MB and its intermediates several times that, so small batches keep the actor's peak low. Regions
+    shorter than ``min_speech_s`` are dropped and pauses shorter than
     ``min_pause_s`` are bridged, so a region is one stretch of talk, split where a speaker pauses.
     """
 
@@ -193,14 +197,14 @@ class SpeechSegmenter:
         counts = np.zeros_like(summed)
         with torch.inference_mode():
             for i in range(0, len(starts), self.batch_size):
-                pieces = [audio[s: s + size] for s in starts[i: i + self.batch_size]]
+                pieces = [audio[s : s + size] for s in starts[i : i + self.batch_size]]
                 batch = [np.pad(p, (0, size - len(p))) for p in pieces]  # audio under 10 s: padded with silence
                 logp = self.net(torch.from_numpy(np.stack(batch))[:, None].to(self.device))
                 speech = (logp.argmax(-1) != 0).float().cpu().numpy()  # class 0: nobody speaks
-                for s, row in zip(starts[i: i + self.batch_size], speech):
-                    first = int(round(s / SAMPLE_RATE / FRAME_STEP_S))
-                    summed[first: first + len(row)] += row * weight
-                    counts[first: first + len(row)] += weight
+                for s, row in zip(starts[i : i + self.batch_size], speech, strict=True):
+                    first = round(s / SAMPLE_RATE / FRAME_STEP_S)
+                    summed[first : first + len(row)] += row * weight
+                    counts[first : first + len(row)] += weight
         probability = (summed / np.maximum(counts, 1e-12))[:total]
         times = np.arange(total) * FRAME_STEP_S + FRAME_DURATION_S / 2
         return SpeechActivity(times, probability)
@@ -211,9 +215,12 @@ class SpeechSegmenter:
             return []
         act = self.activity(audio)
         end_s = len(audio) / SAMPLE_RATE
-        return [(offset_s + s, offset_s + min(e, end_s)) for s, e in
-                hysteresis_regions(act.times_s, act.probability, self.onset, self.offset,
-                                   self.min_speech_s, self.min_pause_s, FRAME_STEP_S)]
+        return [
+            (offset_s + s, offset_s + min(e, end_s))
+            for s, e in hysteresis_regions(
+                act.times_s, act.probability, self.onset, self.offset, self.min_speech_s, self.min_pause_s, FRAME_STEP_S
+            )
+        ]
 
 
 def hysteresis_regions(
@@ -231,7 +238,7 @@ def hysteresis_regions(
     t, p = np.asarray(times_s, float), np.asarray(probability, float)
     regions: list[list[float]] = []
     active = False
-    for ti, pi in zip(t, p):
+    for ti, pi in zip(t, p, strict=True):
         if not active and pi > onset:
             regions.append([ti - frame_step_s / 2, ti + frame_step_s / 2])
             active = True

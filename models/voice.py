@@ -50,6 +50,7 @@ OUT_OF_DOMAIN_MEAN_ABS_Z = 1.8
 
 _F0_MEAN = "F0semitoneFrom27.5Hz_sma3nz_amean"
 
+
 @dataclass(frozen=True)
 class VoiceResult:
     """Per-utterance vocal emotion; rows with no usable speech are NaN (they become nulls, never guesses)."""
@@ -212,8 +213,13 @@ class SpeakerAwareClassifier:
     model (:mod:`models.whisper_voice`), so both normalise speakers the same way.
     """
 
-    def __init__(self, npz: Any, source: str | Path, min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES,
-                 out_of_domain_z: float = np.inf) -> None:
+    def __init__(
+        self,
+        npz: Any,
+        source: str | Path,
+        min_speaker_utterances: int = MIN_SPEAKER_UTTERANCES,
+        out_of_domain_z: float = np.inf,
+    ) -> None:
         required = ["class_names", "speaker_within_sd"] + [
             f"{mode}_{part}" for mode in ("population", "speaker") for part in ("mean", "scale", "coef", "intercept")
         ]
@@ -261,8 +267,9 @@ class SpeakerAwareClassifier:
         probs[usable] = to_canonical(class_probs[usable], self.class_names)
         va = np.full((n, 2), np.nan, dtype=np.float32)
         va[usable] = valence_arousal(probs[usable])
-        return VoiceResult(probs=probs, valence=va[:, 0], arousal=va[:, 1], speaker_normalised=by_speaker,
-                           out_of_domain=out_of_domain)
+        return VoiceResult(
+            probs=probs, valence=va[:, 0], arousal=va[:, 1], speaker_normalised=by_speaker, out_of_domain=out_of_domain
+        )
 
 
 class VoiceEmotion:
@@ -279,8 +286,7 @@ class VoiceEmotion:
             if "feature_names" not in npz.files:
                 raise ValueError(f"{model.path}: no eGeMAPS feature_names; not an eGeMAPS voice model")
             self.feature_names: tuple[str, ...] = tuple(str(n) for n in npz["feature_names"])
-            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances,
-                                                      OUT_OF_DOMAIN_MEAN_ABS_Z)
+            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances, OUT_OF_DOMAIN_MEAN_ABS_Z)
         self.class_names = self._classifier.class_names
         self.metadata = self._classifier.metadata
         self.min_speaker_utterances = min_speaker_utterances
@@ -430,7 +436,7 @@ class TransformersVoiceEmotion:
         """Emotion of each 16 kHz mono utterance; short or silent ones get NaN outputs."""
         n = len(segments)
         usable = np.array([usable_audio(s) for s in segments], dtype=bool)
-        order = sorted(np.flatnonzero(usable), key=lambda i: len(segments[i]))  # similar lengths pad less
+        order = sorted(np.flatnonzero(usable).tolist(), key=lambda i: len(segments[i]))  # similar lengths pad less
         outputs = np.full((n, self._net.config.num_labels), np.nan, dtype=np.float32)
         for start in range(0, len(order), self._batch_size):
             rows = order[start : start + self._batch_size]

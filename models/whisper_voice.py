@@ -24,6 +24,7 @@ check_encoder` refuses any other. Trained on RAVDESS: CC BY-NC-SA 4.0 (non-comme
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -99,7 +100,7 @@ def word_moments(frames: np.ndarray, word_starts: Sequence[float], end: float) -
     edges.append(math.ceil(end / FRAME_S - _EDGE_TOLERANCE))
     edges = [min(x.shape[0], e) for e in edges]
     out = np.zeros((len(word_starts), 2 * x.shape[1] + 1))
-    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(edges)):
         if b > a:
             out[i, : x.shape[1]] = x[a:b].sum(axis=0)
             out[i, x.shape[1] : -1] = np.square(x[a:b]).sum(axis=0)
@@ -155,8 +156,7 @@ class WhisperVoiceEmotion:
                 raise ValueError(f"{model.path}: no encoder_version; not a Whisper-encoder voice model")
             self.encoder_name = str(npz["encoder_name"])
             self.encoder_version = str(npz["encoder_version"])
-            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances,
-                                                      OUT_OF_DOMAIN_MEAN_ABS_Z)
+            self._classifier = SpeakerAwareClassifier(npz, model.path, min_speaker_utterances, OUT_OF_DOMAIN_MEAN_ABS_Z)
         self.class_names = self._classifier.class_names
         self.metadata: dict[str, Any] = self._classifier.metadata
         self.n_features = self._classifier.n_features

@@ -29,7 +29,8 @@ from ray_jobs.runlock import RunLockError, run_lock
 if TYPE_CHECKING:  # the pipeline imports Ray: only the commands that run it load it
     from ray_jobs.pipeline import RunSummary
 
-    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # argparse's handle on subcommands
+    # argparse's handle on subcommands; argparse names no public type for it
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
 
 log = logging.getLogger("emoguide")
 
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_submit(sub)
     ev_sub = sub.add_parser("eval", help="measure model accuracy on labelled data").add_subparsers(
-        dest="eval_command", required=True)
+        dest="eval_command", required=True
+    )
     _add_eval_of_models(ev_sub)
     _add_eval_of_runs(ev_sub)
     _add_report_and_studio(sub)
@@ -56,31 +58,47 @@ _VERBOSE_HELP = "also show Ray's logs, the workers' progress bars and, on an err
 def _add_run(sub: _Subparsers) -> None:
     run = sub.add_parser("run", help="process session videos into emotion-annotated tables")
     run.add_argument("inputs", nargs="+", metavar="INPUT", help="video/audio files, folders, or CSV/Parquet manifests")
-    run.add_argument("--out", required=True,
-                     help="output folder or object-store URI (s3://, gs://); one per run, re-running resumes")
+    run.add_argument(
+        "--out", required=True, help="output folder or object-store URI (s3://, gs://); one per run, re-running resumes"
+    )
     run.add_argument("--config", type=Path, help="YAML run config (see README: Configuration)")
     run.add_argument("--address", help="join a Ray cluster: 'auto' or 'ray://HOST:10001' (default: start Ray here)")
     run.add_argument("--force", action="store_true", help="recompute sessions that are already complete")
-    run.add_argument("--wait-lock", action="store_true",
-                     help="if another run is writing to --out, wait for it instead of refusing")
+    run.add_argument(
+        "--wait-lock", action="store_true", help="if another run is writing to --out, wait for it instead of refusing"
+    )
     run.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
-    run.add_argument("--object-store-mib", type=int, default=1024,
-                     help="object store of the local Ray instance; it bounds the chunks in flight (default 1024)")
-    run.add_argument("-q", "--quiet", action="store_true",
-                     help="no progress line: failed sessions and the summary only")
+    run.add_argument(
+        "--object-store-mib",
+        type=int,
+        default=1024,
+        help="object store of the local Ray instance; it bounds the chunks in flight (default 1024)",
+    )
+    run.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress line: failed sessions and the summary only"
+    )
     # SUPPRESS: `emoguide -v run` and `emoguide run -v` both work (a default here would undo the first)
     run.add_argument(*_VERBOSE, action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
-    run.add_argument("--preset", choices=PRESET_NAMES, default="auto",
-                     help="devices and resources per stage (auto: cpu without GPUs, gpu-1 / gpu-n with them)")
+    run.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="auto",
+        help="devices and resources per stage (auto: cpu without GPUs, gpu-1 / gpu-n with them)",
+    )
     run.add_argument("--redact", action="store_true", help="replace names, places, numbers, e-mails in transcripts")
-    run.add_argument("--conditions", help="prompt conditions, comma-separated (default: text,face,voice,multimodal,dissonance)")
+    run.add_argument(
+        "--conditions", help="prompt conditions, comma-separated (default: text,face,voice,multimodal,dissonance)"
+    )
     run.add_argument("--no-generate", action="store_true", help="stop after the reducer: no interventions")
     run.add_argument("--num-speakers", type=int, help="known number of speakers per session")
     run.add_argument("--min-speakers", type=int)
     run.add_argument("--max-speakers", type=int)
     run.add_argument("--therapist-speaker", help="speaker label (e.g. S1) to take as the therapist")
-    run.add_argument("--log-content", action="store_true",
-                     help="also print each finished session's transcript (off by default: sessions are health data)")
+    run.add_argument(
+        "--log-content",
+        action="store_true",
+        help="also print each finished session's transcript (off by default: sessions are health data)",
+    )
 
 
 def _add_submit(sub: _Subparsers) -> None:
@@ -93,9 +111,12 @@ def _add_submit(sub: _Subparsers) -> None:
     submit.add_argument("--redact", action="store_true")
     submit.add_argument("--force", action="store_true")
     submit.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
-    submit.add_argument("--token-file", type=Path,
-                        help="file with the cluster's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
-                             "~/.ray/auth_token, as Ray looks them up)")
+    submit.add_argument(
+        "--token-file",
+        type=Path,
+        help="file with the cluster's auth token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+        "~/.ray/auth_token, as Ray looks them up)",
+    )
 
 
 def _add_eval_of_models(ev_sub: _Subparsers) -> None:
@@ -107,19 +128,29 @@ def _add_eval_of_models(ev_sub: _Subparsers) -> None:
     perception.add_argument("--fps", type=float, default=2.0)
     perception.add_argument("--json", type=Path, help="also write the full report here")
     pipe = ev_sub.add_parser(
-        "pipeline", help="end-to-end accuracy of `emoguide run` on sessions built from RAVDESS and GRID",
+        "pipeline",
+        help="end-to-end accuracy of `emoguide run` on sessions built from RAVDESS and GRID",
         description="Builds multi-clip RAVDESS sessions, GRID faces lip-synced to RAVDESS voices and GRID clips, "
-                    "runs `emoguide run --no-generate` on them and scores utterance boundaries, WER, word times, "
-                    "voice accuracy and dissonance. RAVDESS actors 1-12 are the train/tune split, 13-18 the "
-                    "report split: tune on 1-12, report 13-18.")
+        "runs `emoguide run --no-generate` on them and scores utterance boundaries, WER, word times, "
+        "voice accuracy and dissonance. RAVDESS actors 1-12 are the train/tune split, 13-18 the "
+        "report split: tune on 1-12, report 13-18.",
+    )
     pipe.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with ravdess/ and grid/")
-    pipe.add_argument("--actors", default="13-18",
-                      help="RAVDESS actors (default: the report split 13-18; 1-12 is the train/tune split)")
-    pipe.add_argument("--out", type=Path, default=Path("benchmarks/results/pipeline"),
-                      help="folder for pipeline.json and pipeline.md")
+    pipe.add_argument(
+        "--actors",
+        default="13-18",
+        help="RAVDESS actors (default: the report split 13-18; 1-12 is the train/tune split)",
+    )
+    pipe.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/pipeline"), help="folder for pipeline.json and pipeline.md"
+    )
     pipe.add_argument("--config", type=Path, help="YAML run config for the pipeline run")
-    pipe.add_argument("--work", type=Path, default=Path("out/eval_pipeline"),
-                      help="cache of built sessions and the run folder (default: out/eval_pipeline)")
+    pipe.add_argument(
+        "--work",
+        type=Path,
+        default=Path("out/eval_pipeline"),
+        help="cache of built sessions and the run folder (default: out/eval_pipeline)",
+    )
     pipe.add_argument("--max-clips", type=int, help="clips per RAVDESS session (default: all; fewer for a quick check)")
     roles = ev_sub.add_parser("roles", help="therapist/client assignment on AnnoMI-format transcripts")
     roles.add_argument("--annomi", type=Path, required=True, help="AnnoMI CSV (roles are hidden from the model)")
@@ -170,8 +201,9 @@ def _add_report_and_studio(sub: _Subparsers) -> None:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--session", help="only this session's page (and the index)")
     report.add_argument("--out", type=Path, help="folder for the HTML files (default: RUN_DIR/report)")
-    studio = sub.add_parser("studio", add_help=False, help="review app: watch sessions, rate interventions blind "
-                            "(`emoguide studio --help`)")  # fmt: skip
+    studio = sub.add_parser(
+        "studio", add_help=False, help="review app: watch sessions, rate interventions blind (`emoguide studio --help`)"
+    )
     studio.add_argument("studio_args", nargs=argparse.REMAINDER)
 
 
@@ -201,8 +233,7 @@ def guard_network() -> None:
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost,127.0.0.1,::1"
 
 
-def _start_ray(address: str | None, num_cpus: int | None, verbose: bool,
-               object_store_mib: int = 1024) -> Path | None:
+def _start_ray(address: str | None, num_cpus: int | None, verbose: bool, object_store_mib: int = 1024) -> Path | None:
     """Start Ray here (or join ``address``) and return its session folder (None for a Ray Client
     connection). Without ``verbose`` Ray's logs, its workers' output and Ray Data's progress bars stay
     off the console (Ray's log files in the session folder keep them)."""
@@ -250,18 +281,27 @@ def _session_lines(out_dir: Path, log_content: bool) -> Callable[[dict], list[st
             return [line] if (line := failure_line(row)) else []
         path = part_paths(out_dir, row["session_id"])["utterances"]
         utts = pq.read_table(path, columns=["start_s", "role", "text"]).to_pylist() if path.exists() else []
-        return [failure_line(row) or f"{row['session_id']}: ok ({row['n_utterances']} utterances)",
-                *(f"    {u['start_s']:8.2f} {u['role']:<9} {u['text']}" for u in utts)]
+        return [
+            failure_line(row) or f"{row['session_id']}: ok ({row['n_utterances']} utterances)",
+            *(f"    {u['start_s']:8.2f} {u['role']:<9} {u['text']}" for u in utts),
+        ]
 
     return lines
 
 
 def run_overrides(args: argparse.Namespace) -> dict:
     """Config settings given as command-line flags (they win over the config file)."""
-    speakers = {k: v for k, v in (("num_speakers", args.num_speakers), ("min_speakers", args.min_speakers),
-                                  ("max_speakers", args.max_speakers), ("therapist_speaker", args.therapist_speaker))
-                if v is not None}
-    generation = {}
+    speakers = {
+        k: v
+        for k, v in (
+            ("num_speakers", args.num_speakers),
+            ("min_speakers", args.min_speakers),
+            ("max_speakers", args.max_speakers),
+            ("therapist_speaker", args.therapist_speaker),
+        )
+        if v is not None
+    }
+    generation: dict[str, object] = {}
     if args.no_generate:
         generation["enabled"] = False
     if args.conditions:
@@ -296,8 +336,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 1
 
 
-def _process(args: argparse.Namespace, sessions: list[SessionInput], overrides: dict,
-             out_dir: Path) -> tuple[RunSummary, RunConfig]:
+def _process(
+    args: argparse.Namespace, sessions: list[SessionInput], overrides: dict, out_dir: Path
+) -> tuple[RunSummary, RunConfig]:
     """Start (or join) Ray, choose the preset from its GPUs and run under the progress line; Ray is
     shut down whatever happens. Without -v the driver's own stderr goes to Ray's log folder."""
     from ray_jobs.console import Progress, logging_to, native_stderr_to
@@ -315,8 +356,12 @@ def _process(args: argparse.Namespace, sessions: list[SessionInput], overrides: 
             print(reason, file=console)
             config = load_config(args.config, overrides, preset=preset_overrides(preset, num_gpus))
             # with -v Ray's own output shares the console: plain lines, never redrawn in place over it
-            progress = Progress(console, show_line=not args.quiet, interactive=False if args.verbose else None,
-                                describe=_session_lines(out_dir, args.log_content))
+            progress = Progress(
+                console,
+                show_line=not args.quiet,
+                interactive=False if args.verbose else None,
+                describe=_session_lines(out_dir, args.log_content),
+            )
             with progress, logging_to(progress):
                 return run_pipeline(sessions, out_dir, config, force=args.force, events=progress), config
         finally:
@@ -349,11 +394,16 @@ def _print_summary(out: str, summary: RunSummary, config: RunConfig, wall: float
     print(f"sessions: {ok} ok, {failed} failed, {partial} partial ({summary.skipped} already complete, skipped)")
     print(f"utterances: {summary.n_utterances}   media: {media_h:.3f} h   wall time: {wall:.1f} s")
     if summary.media_s > 0:
-        print(f"real-time factor: {wall / summary.media_s:.3f} s per media second ({summary.media_s / wall:.2f}x real time)")
+        print(
+            f"real-time factor: {wall / summary.media_s:.3f} s per media second "
+            f"({summary.media_s / wall:.2f}x real time)"
+        )
     if summary.n_interventions:
         rate = summary.generated_tokens / summary.generation_s if summary.generation_s else 0.0
-        print(f"interventions: {summary.n_interventions} generated, {summary.generated_tokens} tokens "
-              f"in {summary.generation_s:.1f} s ({rate:.1f} tokens/s)")
+        print(
+            f"interventions: {summary.n_interventions} generated, {summary.generated_tokens} tokens "
+            f"in {summary.generation_s:.1f} s ({rate:.1f} tokens/s)"
+        )
 
 
 def _size(path: Path) -> int:
@@ -422,12 +472,15 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
     elif cmd == "compare":
         report = {}
         if (args.run_dir / "judgements.parquet").exists():
-            report["judge"] = agreement.compare_judgements(pq.read_table(args.run_dir / "judgements.parquet"),
-                                                           baseline=args.baseline, seed=args.seed)
+            report["judge"] = agreement.compare_judgements(
+                pq.read_table(args.run_dir / "judgements.parquet"), baseline=args.baseline, seed=args.seed
+            )
         if (args.run_dir / "reference_metrics.parquet").exists():
             rows = pq.read_table(args.run_dir / "reference_metrics.parquet")
-            report["metrics"] = {v: agreement.compare_conditions(rows, v, baseline=args.baseline, seed=args.seed)
-                                 for v in ("rouge_l_f", "embedding_cosine", "n_words")}
+            report["metrics"] = {
+                v: agreement.compare_conditions(rows, v, baseline=args.baseline, seed=args.seed)
+                for v in ("rouge_l_f", "embedding_cosine", "n_words")
+            }
         if not report:
             raise InputError(f"{args.run_dir}: run `emoguide eval judge` and/or `emoguide eval metrics` first")
         _print_json(report, args.json)
@@ -444,8 +497,12 @@ def cmd_eval_results(args: argparse.Namespace) -> int:
         if not path.exists():
             raise InputError(f"{path} is missing: run `emoguide eval import-ratings` first")
         judged = args.run_dir / "judgements.parquet"
-        report = agreement.agreement(pq.read_table(path), pq.read_table(judged) if judged.exists() else None,
-                                     ratings.read_key(args.key) if args.key else None, seed=args.seed)
+        report = agreement.agreement(
+            pq.read_table(path),
+            pq.read_table(judged) if judged.exists() else None,
+            ratings.read_key(args.key) if args.key else None,
+            seed=args.seed,
+        )
         _print_json(report, args.json)
     return 0
 
@@ -471,10 +528,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_command in ("judge", "metrics", "compare", "rating-sheet", "import-ratings", "agreement"):
         return cmd_eval_results(args)
     if args.eval_command == "annomi":
-        from emoguide.evaluation.annomi import evaluate_judge as evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_judge
 
         generator, name = _judge_generator(args.model, None, args.batch_size, args.engine)
-        report = evaluate_annomi(args.file, generator, name, per_transcript=args.per_transcript)
+        report = evaluate_judge(args.file, generator, name, per_transcript=args.per_transcript)
         _print_json(report, args.out / "annomi_judge.json" if args.out else None)
         return 0
     if args.eval_command == "pipeline":
@@ -483,7 +540,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from emoguide.dataio.inputs import collect_sessions
         from emoguide.evaluation import perception as evaluation
 
-        report: dict = {}
+        report = {}
         if args.ravdess:
             files = evaluation.ravdess_files(args.ravdess, evaluation.parse_actors(args.actors))
             if not files:
@@ -496,11 +553,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise InputError("give --ravdess and/or --videos")
         print(evaluation.format_perception(report))
     else:
-        from emoguide.evaluation.annomi import evaluate_roles as evaluate_annomi
+        from emoguide.evaluation.annomi import evaluate_roles
 
-        report = evaluate_annomi(args.annomi)
-        print(f"sessions {report['sessions']}: session accuracy {report['session_accuracy']:.3f}, "
-              f"utterance accuracy {report['utterance_accuracy']:.3f}, abstained {report['abstained']:.3f}")
+        report = evaluate_roles(args.annomi)
+        print(
+            f"sessions {report['sessions']}: session accuracy {report['session_accuracy']:.3f}, "
+            f"utterance accuracy {report['utterance_accuracy']:.3f}, abstained {report['abstained']:.3f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0
@@ -559,8 +618,10 @@ def error_lines(exc: BaseException, command: str) -> tuple[list[str], int]:
             if isinstance(inner, kind):
                 return [f"emoguide: error: {inner}", f"hint: {hint.format(command=command)}"], 2
     shown = next(inner for inner in chain if _ray_cause(inner) is None)  # the worker's error, not Ray's wrapper
-    return [f"emoguide: error: {type(shown).__name__}: {_first_line(shown)}",
-            f"hint: `emoguide -v {command} ...` shows the full traceback and Ray's logs"], 1
+    return [
+        f"emoguide: error: {type(shown).__name__}: {_first_line(shown)}",
+        f"hint: `emoguide -v {command} ...` shows the full traceback and Ray's logs",
+    ], 1
 
 
 def _first_line(exc: BaseException) -> str:
@@ -589,8 +650,10 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="studio", studio_args=argv[1:], verbose=False)
     else:
         args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command != "run" else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command != "run" else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return _dispatch(args)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every error ends as one line and a hint

@@ -185,14 +185,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "gpu-1": {
         "decode": {"resources": {"num_cpus": 1.0}},
-        "asr": {"device": "cuda", "compute_type": "float16", "cpu_threads": 4,
-                "resources": {"num_cpus": 1.0, "num_gpus": 0.4}},
+        "asr": {
+            "device": "cuda",
+            "compute_type": "float16",
+            "cpu_threads": 4,
+            "resources": {"num_cpus": 1.0, "num_gpus": 0.4},
+        },
         "face": {"resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
         "voice": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
         "speakers": {"device": "cuda", "resources": {"num_cpus": 1.0, "num_gpus": 0.1}},
         # generation runs after perception, so it gets the whole GPU
-        "generation": {"engine": "vllm", "model": "llama-3.1-8b-instruct", "batch_size": 64,
-                       "resources": {"num_cpus": 1.0, "num_gpus": 1.0}},
+        "generation": {
+            "engine": "vllm",
+            "model": "llama-3.1-8b-instruct",
+            "batch_size": 64,
+            "resources": {"num_cpus": 1.0, "num_gpus": 1.0},
+        },
     },
 }
 PRESET_NAMES = ("auto", "cpu", "gpu-1", "gpu-n")
@@ -328,7 +336,9 @@ def _validate(config: RunConfig) -> None:
     if not g.conditions or any(c not in CONDITIONS for c in g.conditions):
         raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(CONDITIONS)}")
     if g.context_turns < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or not 0 < g.top_p <= 1 or g.temperature < 0:
-        raise ConfigError("generation: context_turns, max_new_tokens, batch_size >= 1; 0 < top_p <= 1; temperature >= 0")
+        raise ConfigError(
+            "generation: context_turns, max_new_tokens, batch_size >= 1; 0 < top_p <= 1; temperature >= 0"
+        )
     sp = config.speakers
     if not 1 <= sp.min_speakers <= sp.max_speakers or (sp.num_speakers is not None and sp.num_speakers < 1):
         raise ConfigError("speakers: need 1 <= min_speakers <= max_speakers and num_speakers >= 1")

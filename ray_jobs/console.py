@@ -72,8 +72,14 @@ class Progress(RunEvents):
     (default: one line for a failed or partial session). ``show_line=False`` keeps those lines only.
     """
 
-    def __init__(self, stream: IO[str] | None = None, *, show_line: bool = True, interactive: bool | None = None,
-                 describe: Callable[[dict[str, Any]], list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        show_line: bool = True,
+        interactive: bool | None = None,
+        describe: Callable[[dict[str, Any]], list[str]] | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.show_line = show_line
         self.interactive = self.stream.isatty() if interactive is None else interactive
@@ -172,8 +178,7 @@ class Progress(RunEvents):
         self._ticker.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
         self._ticker.join()
         self._draw(final=True)

@@ -35,8 +35,13 @@ from ray_jobs.stages import actor_pool
 
 def sampling_params(c: GenerationConfig) -> dict[str, Any]:
     """vLLM sampling parameters; with temperature 0 decoding is greedy and runs are repeatable."""
-    return {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_new_tokens, "seed": c.seed,
-            "repetition_penalty": c.repetition_penalty}
+    return {
+        "temperature": c.temperature,
+        "top_p": c.top_p,
+        "max_tokens": c.max_new_tokens,
+        "seed": c.seed,
+        "repetition_penalty": c.repetition_penalty,
+    }
 
 
 def vllm_processor_config(c: GenerationConfig, model: ResolvedModel | str) -> Any:
@@ -69,8 +74,14 @@ def vllm_processor(c: GenerationConfig, model: ResolvedModel | str, model_name: 
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         keep = {k: row[k] for k in _KEYS if k in row}
-        return {**keep, "generation": clean_reply(row["generated_text"]), "model": model_name, "params": recorded,
-                "n_generated_tokens": int(row.get("num_generated_tokens") or 0), "error": None}
+        return {
+            **keep,
+            "generation": clean_reply(row["generated_text"]),
+            "model": model_name,
+            "params": recorded,
+            "n_generated_tokens": int(row.get("num_generated_tokens") or 0),
+            "error": None,
+        }
 
     return build_processor(vllm_processor_config(c, model), preprocess=preprocess, postprocess=postprocess)
 
@@ -83,8 +94,15 @@ def cpu_generator(c: GenerationConfig, model: ResolvedModel) -> Any:
         {"prefix_marker": TRANSCRIPT_END} if c.engine == "llamacpp" else {"batch_size": c.batch_size}
     )
     return load_generator(
-        c.engine, model, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-        num_threads=c.num_threads, repetition_penalty=c.repetition_penalty, **engine_settings,
+        c.engine,
+        model,
+        max_new_tokens=c.max_new_tokens,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        seed=c.seed,
+        num_threads=c.num_threads,
+        repetition_penalty=c.repetition_penalty,
+        **engine_settings,
     )
 
 
@@ -100,11 +118,14 @@ class CpuGenerationStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["prompt"])
-        out = {k: batch[k] for k in _KEYS}
+        out: dict[str, Any] = {k: batch[k] for k in _KEYS}
         try:
             results = self.generator.generate([json.loads(p) for p in batch["prompt"]])
-            out.update(generation=[r.text for r in results], n_generated_tokens=[r.n_generated_tokens for r in results],
-                       error=[None] * n)
+            out.update(
+                generation=[r.text for r in results],
+                n_generated_tokens=[r.n_generated_tokens for r in results],
+                error=[None] * n,
+            )
         except Exception as exc:  # noqa: BLE001 - a failed batch is recorded, the run goes on
             out.update(generation=[None] * n, n_generated_tokens=[0] * n, error=[f"{type(exc).__name__}: {exc}"] * n)
         out.update(model=[self.model_name] * n, params=[self.params] * n)
@@ -133,7 +154,11 @@ def generate(rows: list[dict[str, Any]], config: RunConfig, model: ResolvedModel
     if c.engine == "vllm":
         ds = vllm_processor(c, model, model.name)(ds)
     else:
-        ds = ds.map_batches(CpuGenerationStage, fn_constructor_kwargs={"config": config, "model": model},
-                            batch_size=c.batch_size, **actor_pool(c.resources))
+        ds = ds.map_batches(
+            CpuGenerationStage,
+            fn_constructor_kwargs={"config": config, "model": model},
+            batch_size=c.batch_size,
+            **actor_pool(c.resources),
+        )
     for row in ds.iter_rows():
         yield {**row, **carried[_row_key(row)]}

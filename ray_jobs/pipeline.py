@@ -49,8 +49,15 @@ from models.whisper_voice import WhisperVoiceEmotion
 from ray_jobs.config import Resources, RunConfig
 from ray_jobs.generate import generate
 from ray_jobs.stages import (
-    AsrStage, FaceStage, SpeakerStage, VoiceStage, actor_pool, decode_session, is_encoder_voice_model,
-    is_transformers_model, iter_source_chunks,
+    AsrStage,
+    FaceStage,
+    SpeakerStage,
+    VoiceStage,
+    actor_pool,
+    decode_session,
+    is_encoder_voice_model,
+    is_transformers_model,
+    iter_source_chunks,
 )
 
 log = logging.getLogger("emoguide")
@@ -104,13 +111,16 @@ def resolve_models(config: RunConfig) -> dict[str, ResolvedModel]:
         "asr": resolve("asr", config.asr.model, config.asr.path, allow_network=net),
         "face_detector": resolve("face_detector", config.face.detector, config.face.detector_path, allow_network=net),
         "face_emotion": resolve("face_emotion", config.face.emotion, config.face.emotion_path, allow_network=net),
-        "face_landmarks": resolve("face_landmarks", config.face.landmarks, config.face.landmarks_path,
-                                  allow_network=net),
+        "face_landmarks": resolve(
+            "face_landmarks", config.face.landmarks, config.face.landmarks_path, allow_network=net
+        ),
         "voice_emotion": resolve("voice_emotion", config.voice.model, config.voice.path, allow_network=net),
-        "speech_segmentation": resolve("speech_segmentation", config.speakers.segmentation,
-                                       config.speakers.segmentation_path, allow_network=net),
-        "speaker_embedding": resolve("speaker_embedding", config.speakers.model, config.speakers.path,
-                                     allow_network=net),
+        "speech_segmentation": resolve(
+            "speech_segmentation", config.speakers.segmentation, config.speakers.segmentation_path, allow_network=net
+        ),
+        "speaker_embedding": resolve(
+            "speaker_embedding", config.speakers.model, config.speakers.path, allow_network=net
+        ),
     }
 
 
@@ -125,8 +135,9 @@ def models_record(models: dict[str, ResolvedModel]) -> str:
     return json.dumps({slot: m.record() for slot, m in models.items()}, sort_keys=True)
 
 
-def load_voice_model(model: ResolvedModel, asr: ResolvedModel, min_speaker_utterances: int
-                     ) -> VoiceEmotion | WhisperVoiceEmotion | None:
+def load_voice_model(
+    model: ResolvedModel, asr: ResolvedModel, min_speaker_utterances: int
+) -> VoiceEmotion | WhisperVoiceEmotion | None:
     """The voice model the reducer runs (None: a transformers model runs in the voice stage). A
     classifier of Whisper encoder frames must match the ASR model: checked here, before any work."""
     if is_transformers_model(model.path):
@@ -146,8 +157,12 @@ def perception_stages(config: RunConfig) -> list[tuple[type, Resources]]:
 
     Face first: it needs no transcript and drops the frames, the heaviest column, as early as possible.
     """
-    return [(FaceStage, config.face.resources), (SpeakerStage, config.speakers.resources),
-            (AsrStage, config.asr.resources), (VoiceStage, config.voice.resources)]
+    return [
+        (FaceStage, config.face.resources),
+        (SpeakerStage, config.speakers.resources),
+        (AsrStage, config.asr.resources),
+        (VoiceStage, config.voice.resources),
+    ]
 
 
 def check_resources(config: RunConfig, available: dict[str, float]) -> str | None:
@@ -163,13 +178,16 @@ def check_resources(config: RunConfig, available: dict[str, float]) -> str | Non
     have_cpu, have_gpu = available.get("CPU", 0.0), available.get("GPU", 0.0)
     if cpus <= have_cpu + 1e-9 and gpus <= have_gpu + 1e-9:
         return None
-    return (f"the stages' actor pools need {cpus:g} CPUs and {gpus:g} GPUs at their minimum size, but Ray "
-            f"reports {have_cpu:g} CPUs and {have_gpu:g} GPUs: lower num_cpus/num_gpus or min_actors in the "
-            "config, or the run will wait for resources that never come")
+    return (
+        f"the stages' actor pools need {cpus:g} CPUs and {gpus:g} GPUs at their minimum size, but Ray "
+        f"reports {have_cpu:g} CPUs and {have_gpu:g} GPUs: lower num_cpus/num_gpus or min_actors in the "
+        "config, or the run will wait for resources that never come"
+    )
 
 
-def build_dataset(sessions: list[SessionInput], config: RunConfig,
-                  models: dict[str, ResolvedModel]) -> ray.data.Dataset:
+def build_dataset(
+    sessions: list[SessionInput], config: RunConfig, models: dict[str, ResolvedModel]
+) -> ray.data.Dataset:
     """The lazy Ray Data graph for ``sessions``, its stages loading ``models``; nothing runs until it is
     iterated."""
     # A chunk whose task or actor crashes past its retries is dropped instead of aborting the run: its
@@ -183,8 +201,12 @@ def build_dataset(sessions: list[SessionInput], config: RunConfig,
     items = [{"session_id": s.session_id, "path": s.path} for s in sessions]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     in_flight = config.decode.sessions_in_flight
-    ds = ds.flat_map(decode_session, fn_kwargs={"config": config}, num_cpus=config.decode.resources.num_cpus,
-                     compute=ray.data.TaskPoolStrategy(size=in_flight) if in_flight else None)
+    ds = ds.flat_map(
+        decode_session,
+        fn_kwargs={"config": config},
+        num_cpus=config.decode.resources.num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=in_flight) if in_flight else None,
+    )
     for stage, resources in perception_stages(config):
         ds = ds.map(stage, fn_constructor_kwargs={"config": config, "models": models}, **actor_pool(resources))
     return ds
@@ -220,8 +242,14 @@ def run_pipeline(
     return summary
 
 
-def _plan(sessions: list[SessionInput], out_dir: Path, config: RunConfig, models: dict[str, ResolvedModel],
-          force: bool, summary: RunSummary) -> tuple[list[SessionInput], dict[str, dict[str, Any]]]:
+def _plan(
+    sessions: list[SessionInput],
+    out_dir: Path,
+    config: RunConfig,
+    models: dict[str, ResolvedModel],
+    force: bool,
+    summary: RunSummary,
+) -> tuple[list[SessionInput], dict[str, dict[str, Any]]]:
     """(sessions to process, their fixed ``sessions`` columns); the ones already complete under this
     config and input go into ``summary`` as they are."""
     config_hash = config.config_hash()
@@ -241,13 +269,25 @@ def _plan(sessions: list[SessionInput], out_dir: Path, config: RunConfig, models
             summary.skipped += 1
             continue
         todo.append(s)
-        meta[s.session_id] = {"session_id": s.session_id, "source_path": s.path, "config_hash": config_hash,
-                              "input_fingerprint": fp, "models": recorded}
+        meta[s.session_id] = {
+            "session_id": s.session_id,
+            "source_path": s.path,
+            "config_hash": config_hash,
+            "input_fingerprint": fp,
+            "models": recorded,
+        }
     return todo, meta
 
 
-def _perceive(todo: list[SessionInput], meta: dict[str, dict[str, Any]], out_dir: Path, config: RunConfig,
-              models: dict[str, ResolvedModel], summary: RunSummary, events: RunEvents) -> None:
+def _perceive(
+    todo: list[SessionInput],
+    meta: dict[str, dict[str, Any]],
+    out_dir: Path,
+    config: RunConfig,
+    models: dict[str, ResolvedModel],
+    summary: RunSummary,
+    events: RunEvents,
+) -> None:
     """Run the graph over ``todo``; each session is reduced and written as soon as its chunks are back."""
     warning = check_resources(config, ray.cluster_resources())
     if warning:
@@ -258,16 +298,18 @@ def _perceive(todo: list[SessionInput], meta: dict[str, dict[str, Any]], out_dir
     for sid, chunks, wall_s in _group_by_session(rows, list(paths)):
         session_meta = {**meta[sid], "wall_s": wall_s}
         try:
-            session_row, utterances = reduce_session(session_meta, chunks, config, voice,
-                                                     partial(_span_features, paths[sid]))
+            session_row, utterances = reduce_session(
+                session_meta, chunks, config, voice, partial(_span_features, paths[sid])
+            )
         except Exception as exc:  # noqa: BLE001 - a reducer bug fails this session only
             failed = _failed_chunk("reduce", f"{type(exc).__name__}: {exc}")
             session_row, utterances = reduce_session(session_meta, [failed], config)
         _finish(out_dir, summary, session_row, utterances, events)
 
 
-def _group_by_session(rows: Iterable[dict[str, Any]], session_ids: list[str]
-                      ) -> Iterator[tuple[str, list[dict[str, Any]], float | None]]:
+def _group_by_session(
+    rows: Iterable[dict[str, Any]], session_ids: list[str]
+) -> Iterator[tuple[str, list[dict[str, Any]], float | None]]:
     """(session id, its chunks, seconds since its first chunk came back) as each session's last chunk
     arrives; then each session whose chunks did not all come back, with a failure marker and no time:
     it is recorded as failed, never silently dropped."""
@@ -286,16 +328,20 @@ def _group_by_session(rows: Iterable[dict[str, Any]], session_ids: list[str]
             yield sid, pending.pop(sid), time.monotonic() - first_seen[sid]
     for sid in [sid for sid in session_ids if sid not in done]:
         lost = _failed_chunk("pipeline", "not all chunks came back from the pipeline")
-        yield sid, pending.pop(sid, []) + [lost], None
+        yield sid, [*pending.pop(sid, []), lost], None
 
 
-def run_generation(out_dir: Path, summary: RunSummary, config: RunConfig, llm: ResolvedModel,
-                   events: RunEvents) -> None:
+def run_generation(
+    out_dir: Path, summary: RunSummary, config: RunConfig, llm: ResolvedModel, events: RunEvents
+) -> None:
     """Interventions by ``llm`` for every usable session that lacks them under the current generation
     settings."""
     ghash = config.generation_hash()
-    todo = [s["session_id"] for s in summary.sessions
-            if s["status"] != "failed" and read_generation_hash(out_dir, s["session_id"]) != ghash]
+    todo = [
+        s["session_id"]
+        for s in summary.sessions
+        if s["status"] != "failed" and read_generation_hash(out_dir, s["session_id"]) != ghash
+    ]
     if not todo:
         return
     c = config.generation

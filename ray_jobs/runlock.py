@@ -20,8 +20,8 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,7 @@ class RunLockError(Exception):
 
 
 def _holder_line(holder: dict[str, Any]) -> str:
-    return (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
-            f"since {holder.get('started', '?')}")
+    return f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {holder.get('started', '?')}"
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -114,10 +113,8 @@ def _take_over(path: Path, stale: dict[str, Any]) -> None:
     except FileNotFoundError:
         return
     if _read(grave) != stale:
-        try:
+        with suppress(FileExistsError):
             os.link(grave, path)
-        except FileExistsError:
-            pass
     grave.unlink(missing_ok=True)
 
 
@@ -134,8 +131,13 @@ def _create(path: Path) -> tuple[int, dict[str, Any]] | None:
             flocked = True
         except OSError:  # a file system without locks: the file alone counts
             pass
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "flock": flocked,
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "nonce": secrets.token_hex(8)}
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "flock": flocked,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nonce": secrets.token_hex(8),
+    }
     os.write(fd, json.dumps(holder).encode())
     os.fsync(fd)
     return fd, holder
@@ -162,8 +164,9 @@ def run_lock(out_dir: Path, wait: bool = False) -> Iterator[Path]:
         if holder and _is_stale(path, holder):
             _take_over(path, holder)
             continue
-        busy = (f"{out_dir} is in use by another emoguide run ({_holder_line(holder)}); "
-                f"if that run is gone, delete {path}")
+        busy = (
+            f"{out_dir} is in use by another emoguide run ({_holder_line(holder)}); if that run is gone, delete {path}"
+        )
         if not wait:
             raise RunLockError(busy + ", or wait for it with --wait-lock")
         if not announced:

@@ -121,9 +121,16 @@ def decode_session(row: dict[str, Any], config: RunConfig) -> Iterator[dict[str,
             }
     except Exception as exc:  # noqa: BLE001 - any decoder failure belongs to this session only
         yield _failed(
-            {**base, "chunk_index": emitted, "start_s": 0.0, "end_s": 0.0, "is_last": True,
-             "audio": np.zeros(0, np.float32), "frames": np.zeros((0, 0, 0, 3), np.uint8),
-             "frame_times": np.zeros(0)},
+            {
+                **base,
+                "chunk_index": emitted,
+                "start_s": 0.0,
+                "end_s": 0.0,
+                "is_last": True,
+                "audio": np.zeros(0, np.float32),
+                "frames": np.zeros((0, 0, 0, 3), np.uint8),
+                "frame_times": np.zeros(0),
+            },
             "decode",
             exc,
         )
@@ -140,8 +147,13 @@ class AsrStage:
         self.utterances = config.utterances
         self.pool = is_encoder_voice_model(_loaded(models, "voice_emotion", config).path)
         self.transcriber = Transcriber(
-            _loaded(models, "asr", config), device=c.device, compute_type=c.compute_type, cpu_threads=c.cpu_threads,
-            language=c.language, beam_size=c.beam_size, keep_encoder=self.pool,
+            _loaded(models, "asr", config),
+            device=c.device,
+            compute_type=c.compute_type,
+            cpu_threads=c.cpu_threads,
+            language=c.language,
+            beam_size=c.beam_size,
+            keep_encoder=self.pool,
         )
 
     def _record(self, utterance: Any) -> dict[str, Any]:
@@ -170,8 +182,9 @@ class AsrStage:
         cut = self.utterances
         try:
             speech = [tuple(r) for r in np.asarray(regions, np.float64).reshape(-1, 2)]
-            groups = self.transcriber.transcribe(row["audio"], offset_s=float(row["start_s"]), speech=speech,
-                                                 max_pause_s=cut.max_pause_s)
+            groups = self.transcriber.transcribe(
+                row["audio"], offset_s=float(row["start_s"]), speech=speech, max_pause_s=cut.max_pause_s
+            )
             utterances = [u for g in groups for u in split_segment(g, cut.max_pause_s, cut.max_duration_s)]
             row["segments"] = [self._record(u) for u in utterances]
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this chunk's session
@@ -200,7 +213,7 @@ class FaceStage:
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        frames = row.get("frames")
+        frames: Any = row.get("frames")
         row = {k: v for k, v in row.items() if k != "frames"}
         if row.get("error"):
             return row
@@ -284,7 +297,7 @@ class VoiceStage:
 
     @_trims_memory
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        audio = row.get("audio")
+        audio: Any = row.get("audio")
         row = {k: v for k, v in row.items() if k != "audio"}
         if row.get("error"):
             return row

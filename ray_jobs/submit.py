@@ -39,11 +39,15 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 LOG_TAIL_LINES = 20  # of a failed job's log, printed at the end
-_SET_TOKEN = (f"set {TOKEN_ENV} to the cluster's token, or {TOKEN_PATH_ENV} / --token-file to a file holding it "
-              "(`ray get-auth-token` on the head prints it)")
-_ENV_HINT = ("the job runs the cluster's `python` (the one on PATH where `ray start` ran): start the head from "
-             "an environment with emoguide's dependencies installed (activate its venv first), or use an "
-             "image that has them")
+_SET_TOKEN = (
+    f"set {TOKEN_ENV} to the cluster's token, or {TOKEN_PATH_ENV} / --token-file to a file holding it "
+    "(`ray get-auth-token` on the head prints it)"
+)
+_ENV_HINT = (
+    "the job runs the cluster's `python` (the one on PATH where `ray start` ran): start the head from "
+    "an environment with emoguide's dependencies installed (activate its venv first), or use an "
+    "image that has them"
+)
 
 _MISSING_ENV_MARKERS = ("No module named", "python: not found", "python: command not found")
 
@@ -118,8 +122,10 @@ def _one_line_errors(address: str, token: Token | None) -> Iterator[None]:
             raise SubmitError(f"the cluster at {address} needs an auth token and none was found: {_SET_TOKEN}") from exc
         raise SubmitError(f"the cluster at {address} rejected the token from {token.source}: {_SET_TOKEN}") from exc
     except ConnectionError as exc:
-        raise SubmitError(f"no Ray dashboard answers at {address}: is the head running, and is this its "
-                          "dashboard address (http://HEAD:8265)?") from exc
+        raise SubmitError(
+            f"no Ray dashboard answers at {address}: is the head running, and is this its "
+            "dashboard address (http://HEAD:8265)?"
+        ) from exc
 
 
 def stage_working_dir(config: Path | None) -> Path:
@@ -143,8 +149,20 @@ def entrypoint(inputs: Sequence[str], out: str, preset: str, has_config: bool, e
     Relative paths are made absolute here, as a user means them: relative to where they typed the
     command (the paths must be the same on the cluster: a shared volume).
     """
-    args = ["python", "-m", "ray_jobs.cli", "run", *map(_absolute, inputs), "--out", _absolute(out),
-            "--address", "auto", "--preset", preset, "-q"]
+    args = [
+        "python",
+        "-m",
+        "ray_jobs.cli",
+        "run",
+        *map(_absolute, inputs),
+        "--out",
+        _absolute(out),
+        "--address",
+        "auto",
+        "--preset",
+        preset,
+        "-q",
+    ]
     if has_config:
         args += ["--config", "job_config.yaml"]
     return shlex.join([*args, *extra])

@@ -36,8 +36,11 @@ from studio import security
 from studio.store import LOGIN_TTL_S, MAX_COMMENT_CHARS, Store, StudioError, parse_answer
 
 HERE = Path(__file__).resolve().parent
-STATIC = {"studio.css": HERE / "static" / "studio.css", "studio.js": HERE / "static" / "studio.js",
-          "report.css": ASSETS / "report.css"}  # fmt: skip
+STATIC = {
+    "studio.css": HERE / "static" / "studio.css",
+    "studio.js": HERE / "static" / "studio.js",
+    "report.css": ASSETS / "report.css",
+}
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".opus", ".aac")
 SCORE_LABELS = {1: "very poor", 2: "poor", 3: "fair", 4: "good", 5: "very good"}
 log = logging.getLogger("emoguide.studio")
@@ -58,9 +61,11 @@ class Studio:
     def render(self, request: Request, name: str, code: int = 200, **ctx: Any) -> HTMLResponse:
         seed = request.state.csrf_seed
         html = self.env.get_template(name).render(
-            rater=request.state.rater, csrf=security.csrf_token(self.csrf_key, seed),
-            require_login=self.require_login, **ctx,
-        )  # fmt: skip
+            rater=request.state.rater,
+            csrf=security.csrf_token(self.csrf_key, seed),
+            require_login=self.require_login,
+            **ctx,
+        )
         return HTMLResponse(html, code, headers={"Content-Security-Policy": security.content_security_policy(html)})
 
     def media_file(self, session: dict[str, Any]) -> tuple[Path | None, str | None]:
@@ -90,11 +95,19 @@ class Studio:
 
     async def sessions_page(self, request: Request) -> Response:
         progress = self.store.progress()
-        rows = [{"s": s, "progress": progress.get(s.get("session_id"), {"items": 0, "ratings": 0})}
-                for s in self.run.sessions]  # fmt: skip
+        rows = [
+            {"s": s, "progress": progress.get(s.get("session_id") or "", {"items": 0, "ratings": 0})}
+            for s in self.run.sessions
+        ]
         has_report = security.contained_file(self.run_dir, "report/index.html") is not None
-        return self.render(request, "sessions.html.j2", rows=rows, n_raters=len(self.store.raters()),
-                           run_name=self.run_dir.name, has_report=has_report)  # fmt: skip
+        return self.render(
+            request,
+            "sessions.html.j2",
+            rows=rows,
+            n_raters=len(self.store.raters()),
+            run_name=self.run_dir.name,
+            has_report=has_report,
+        )
 
     async def session_page(self, request: Request) -> Response:
         s = self.sessions.get(request.path_params["sid"])
@@ -102,8 +115,14 @@ class Studio:
             raise HTTPException(404)
         path, problem = self.media_file(s)
         kind = "audio" if path is not None and path.suffix.lower() in AUDIO_SUFFIXES else "video"
-        return self.render(request, "session.html.j2", **self.run.session_page(s), media_problem=problem,
-                           media_kind=kind, blinded=request.state.rater is not None)  # fmt: skip
+        return self.render(
+            request,
+            "session.html.j2",
+            **self.run.session_page(s),
+            media_problem=problem,
+            media_kind=kind,
+            blinded=request.state.rater is not None,
+        )
 
     async def media(self, request: Request) -> Response:
         s = self.sessions.get(request.path_params["sid"])
@@ -121,7 +140,9 @@ class Studio:
 
     async def report(self, request: Request) -> Response:
         if request.state.rater is not None:
-            raise StudioError("the static report shows the prompt conditions: not while you are signed in as a rater", 403)
+            raise StudioError(
+                "the static report shows the prompt conditions: not while you are signed in as a rater", 403
+            )
         path = security.contained_file(self.run_dir / "report", request.path_params["path"])
         if path is None:
             raise HTTPException(404)
@@ -164,9 +185,17 @@ class Studio:
         item = order[n - 1]
         if request.method == "POST":
             return await self.save(request, rater, n, item)
-        return self.render(request, "rate.html.j2", n=n, total=len(order), n_done=len(self.store.rated(rater)),
-                           item=self.store.item(item), answer=self.store.answer(rater, item), criteria=CRITERIA,
-                           labels=SCORE_LABELS)  # fmt: skip
+        return self.render(
+            request,
+            "rate.html.j2",
+            n=n,
+            total=len(order),
+            n_done=len(self.store.rated(rater)),
+            item=self.store.item(item),
+            answer=self.store.answer(rater, item),
+            criteria=CRITERIA,
+            labels=SCORE_LABELS,
+        )
 
     async def save(self, request: Request, rater: str, n: int, item: str) -> Response:
         """Commit one answer (CSRF-checked, validated, on top of the revision the form was made from)."""
@@ -237,7 +266,12 @@ def create_app(run_dir: Path, host: str = "127.0.0.1") -> Starlette:
         message = str(exc) if isinstance(exc, StudioError) else getattr(exc, "detail", "error")
         return studio.render(request, "error.html.j2", status, status=status, message=message)
 
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(security.LOOPBACK_NAMES) if loopback else ["*"]),
-                  Middleware(BaseHTTPMiddleware, dispatch=_middleware(studio))]  # fmt: skip
-    return Starlette(routes=studio.routes(), middleware=middleware,
-                     exception_handlers={StudioError: studio_error, HTTPException: studio_error})  # fmt: skip
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(security.LOOPBACK_NAMES) if loopback else ["*"]),
+        Middleware(BaseHTTPMiddleware, dispatch=_middleware(studio)),
+    ]
+    return Starlette(
+        routes=studio.routes(),
+        middleware=middleware,
+        exception_handlers={StudioError: studio_error, HTTPException: studio_error},
+    )

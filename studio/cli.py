@@ -1,8 +1,8 @@
 """``emoguide studio``: serve a run folder for review, register raters, export their ratings.
 
-    emoguide studio RUN_DIR [--host 127.0.0.1] [--port 8000]
-    emoguide studio add-rater NAME RUN_DIR [--reissue]
-    emoguide studio export RUN_DIR
+emoguide studio RUN_DIR [--host 127.0.0.1] [--port 8000]
+emoguide studio add-rater NAME RUN_DIR [--reissue]
+emoguide studio export RUN_DIR
 """
 
 from __future__ import annotations
@@ -29,18 +29,26 @@ def _run_dir(value: str) -> Path:
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    serve = argparse.ArgumentParser(prog="emoguide studio", description="Review a run in the browser "
-                                    "(subcommands: add-rater NAME RUN_DIR, export RUN_DIR)")  # fmt: skip
+    serve = argparse.ArgumentParser(
+        prog="emoguide studio",
+        description="Review a run in the browser (subcommands: add-rater NAME RUN_DIR, export RUN_DIR)",
+    )
     serve.add_argument("run_dir", type=_run_dir, metavar="RUN_DIR")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    add = argparse.ArgumentParser(prog="emoguide studio add-rater", description="register a rater; prints "
-                                  "their token once (only its hash is stored)")  # fmt: skip
+    add = argparse.ArgumentParser(
+        prog="emoguide studio add-rater",
+        description="register a rater; prints their token once (only its hash is stored)",
+    )
     add.add_argument("name")
     add.add_argument("run_dir", type=_run_dir, metavar="RUN_DIR")
-    add.add_argument("--reissue", action="store_true", help="give an existing rater a new token (the old one stops working)")
-    export = argparse.ArgumentParser(prog="emoguide studio export", description="write expert_ratings.parquet "
-                                     "(the `eval import-ratings` schema), its key and the comments")  # fmt: skip
+    add.add_argument(
+        "--reissue", action="store_true", help="give an existing rater a new token (the old one stops working)"
+    )
+    export = argparse.ArgumentParser(
+        prog="emoguide studio export",
+        description="write expert_ratings.parquet (the `eval import-ratings` schema), its key and the comments",
+    )
     export.add_argument("run_dir", type=_run_dir, metavar="RUN_DIR")
     return {"serve": serve, "add-rater": add, "export": export}
 
@@ -73,11 +81,15 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "export":
         if not (args.run_dir / DB_NAME).exists():
-            print(f"emoguide studio: error: {args.run_dir / DB_NAME} does not exist: no rater has been added",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"emoguide studio: error: {args.run_dir / DB_NAME} does not exist: no rater has been added",
+                file=sys.stderr,
+            )
             return 2
         written = Store(args.run_dir).export()
-        print(f"expert ratings: {written['ratings']}\nkey (keep away from raters): {written['key']}\n"
-              f"comments: {written['comments']}")  # fmt: skip
+        print(
+            f"expert ratings: {written['ratings']}\nkey (keep away from raters): {written['key']}\n"
+            f"comments: {written['comments']}"
+        )
         return 0
     return serve(args.run_dir, args.host, args.port)

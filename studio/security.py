@@ -38,7 +38,9 @@ def csrf_token(key: str, seed: str) -> str:
 
 
 def csrf_ok(key: str, seed: str | None, token: object) -> bool:
-    return bool(seed) and isinstance(token, str) and hmac.compare_digest(csrf_token(key, seed), token)
+    if not seed or not isinstance(token, str):
+        return False
+    return hmac.compare_digest(csrf_token(key, seed), token)
 
 
 def content_security_policy(html: str = "") -> str:
@@ -49,7 +51,8 @@ def content_security_policy(html: str = "") -> str:
     )
     return (
         "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; media-src 'self'; "
-        f"style-src-elem 'self' {hashes}".rstrip() + "; style-src-attr 'unsafe-inline'; "
+        f"style-src-elem 'self' {hashes}".rstrip()
+        + "; style-src-attr 'unsafe-inline'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
 
@@ -78,4 +81,3 @@ def contained_file(root: Path, relative: str) -> Path | None:
     except (OSError, RuntimeError):
         return None
     return path if path.is_relative_to(base) and path.is_file() else None
-

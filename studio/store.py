@@ -144,9 +144,11 @@ class Store:
         ids = blinded_ids(np.random.default_rng(seed), len(entries))
         db.executemany(
             "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(i, e["session_id"], e["utt_id"], e["condition"], e["model"], e["context"], e["response"])
-             for i, e in zip(ids, entries)],
-        )  # fmt: skip
+            [
+                (i, e["session_id"], e["utt_id"], e["condition"], e["model"], e["context"], e["response"])
+                for i, e in zip(ids, entries, strict=True)
+            ],
+        )
         db.execute("INSERT INTO meta VALUES ('item_seed', ?)", (str(seed),))
 
     def meta(self, key: str) -> str | None:
@@ -171,8 +173,9 @@ class Store:
                 db.execute("UPDATE raters SET token_hash=? WHERE name=?", (sha256(token), name))
                 db.execute("DELETE FROM logins WHERE rater=?", (name,))
             else:
-                db.execute("INSERT INTO raters VALUES (?, ?, ?, ?)",
-                           (name, sha256(token), secrets.randbits(63), time.time()))  # fmt: skip
+                db.execute(
+                    "INSERT INTO raters VALUES (?, ?, ?, ?)", (name, sha256(token), secrets.randbits(63), time.time())
+                )
         return token
 
     def raters(self) -> list[dict[str, Any]]:
@@ -223,11 +226,12 @@ class Store:
 
     def answer(self, rater: str, item: str) -> dict[str, Any] | None:
         with self._db() as db:
-            row = db.execute(f"SELECT {', '.join(CRITERIA)}, comment, revision FROM ratings WHERE rater=? AND item=?",
-                             (rater, item)).fetchone()  # fmt: skip
+            row = db.execute(
+                f"SELECT {', '.join(CRITERIA)}, comment, revision FROM ratings WHERE rater=? AND item=?", (rater, item)
+            ).fetchone()
         if row is None:
             return None
-        return {**dict(zip(CRITERIA, row)), "comment": row[-2], "revision": row[-1]}
+        return {**dict(zip(CRITERIA, row[:-2], strict=True)), "comment": row[-2], "revision": row[-1]}
 
     def rated(self, rater: str) -> set[str]:
         with self._db() as db:
@@ -245,8 +249,9 @@ class Store:
             row = db.execute("SELECT revision FROM ratings WHERE rater=? AND item=?", (rater, item)).fetchone()
             current = row[0] if row else 0
             if revision != current:
-                raise StudioError(f"item {item} was already saved (revision {current}); reload it to change "
-                                  "the answer", 409)  # fmt: skip
+                raise StudioError(
+                    f"item {item} was already saved (revision {current}); reload it to change the answer", 409
+                )
             values = [answer.scores[c] for c in CRITERIA]
             db.execute(
                 f"INSERT INTO ratings (rater, item, {', '.join(CRITERIA)}, comment, revision, updated_at) "
@@ -273,18 +278,24 @@ class Store:
         criterion, ``source_row`` numbering the rows), its key ``expert_ratings.key.csv`` (for
         ``eval agreement --key``) and the raters' comments ``expert_comments.parquet``."""
         with self._db() as db:
-            answers = db.execute(f"SELECT rater, item, {', '.join(CRITERIA)}, comment FROM ratings "
-                                 "ORDER BY rater, item").fetchall()  # fmt: skip
+            answers = db.execute(
+                f"SELECT rater, item, {', '.join(CRITERIA)}, comment FROM ratings ORDER BY rater, item"
+            ).fetchall()
             keys = db.execute(f"SELECT {', '.join(KEY_COLUMNS)} FROM items").fetchall()
-        rows = [{"rater": a[0], "item": a[1], "criterion": c, "score": a[2 + k]}
-                for a in answers for k, c in enumerate(CRITERIA)]  # fmt: skip
+        rows = [
+            {"rater": a[0], "item": a[1], "criterion": c, "score": a[2 + k]}
+            for a in answers
+            for k, c in enumerate(CRITERIA)
+        ]
         for n, row in enumerate(rows, start=1):
             row["source_row"] = n
-        comments = pa.Table.from_pylist([{"rater": a[0], "item": a[1], "comment": a[-1]} for a in answers if a[-1]],
-                                        schema=COMMENTS)  # fmt: skip
+        comments = pa.Table.from_pylist(
+            [{"rater": a[0], "item": a[1], "comment": a[-1]} for a in answers if a[-1]], schema=COMMENTS
+        )
         return {
-            "ratings": write_atomic(pa.Table.from_pylist(rows, schema=RATINGS), self.run_dir / "expert_ratings.parquet"),
+            "ratings": write_atomic(
+                pa.Table.from_pylist(rows, schema=RATINGS), self.run_dir / "expert_ratings.parquet"
+            ),
             "key": write_key(self.run_dir / "expert_ratings.key.csv", keys),
             "comments": write_atomic(comments, self.run_dir / "expert_comments.parquet"),
         }
-

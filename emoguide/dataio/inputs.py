@@ -53,13 +53,13 @@ def safe_id(text: str) -> str:
 
 def _name(path: Path | str) -> str:
     """File or object name of a local path or URI."""
-    return object_name(path) if is_uri(path) else Path(path).name
+    return object_name(str(path)) if is_uri(path) else Path(path).name
 
 
 def read_manifest(path: Path | str) -> list[tuple[str | None, Path | str]]:
     """(session_id or None, media path or object URI) per row of a manifest, itself local or a URI."""
     try:
-        source = open_input(path) if is_uri(path) else path
+        source = open_input(str(path)) if is_uri(path) else path
         table = pq.read_table(source) if _name(path).lower().endswith(".parquet") else pacsv.read_csv(source)
     except Exception as exc:  # pyarrow raises several types for malformed files
         raise InputError(f"{path}: cannot read manifest ({exc})") from exc
@@ -67,7 +67,7 @@ def read_manifest(path: Path | str) -> list[tuple[str | None, Path | str]]:
         raise InputError(f"{path}: manifest needs a 'path' column (found: {', '.join(table.column_names)})")
     paths = table.column("path").to_pylist()
     ids = table.column("session_id").to_pylist() if "session_id" in table.column_names else [None] * len(paths)
-    out = []
+    out: list[tuple[str | None, Path | str]] = []
     for i, (sid, p) in enumerate(zip(ids, paths, strict=True)):
         if p is None or not str(p).strip():
             raise InputError(f"{path}: row {i + 1} has an empty path")
@@ -80,7 +80,7 @@ def read_manifest(path: Path | str) -> list[tuple[str | None, Path | str]]:
         if media.is_absolute():
             out.append((sid, media))
         else:  # relative to the manifest's folder, or to its prefix for a manifest in a bucket
-            out.append((sid, join_uri(path, entry) if is_uri(path) else Path(path).parent / media))
+            out.append((sid, join_uri(str(path), entry) if is_uri(path) else Path(path).parent / media))
     return out
 
 
@@ -119,8 +119,8 @@ def collect_sessions(inputs: list[str]) -> list[SessionInput]:
         raise InputError(f"no media files found in: {', '.join(inputs)}")
 
     unique: dict[str, str | None] = {}  # absolute path or URI -> session id given for it (first wins)
-    for sid, p in found:
-        unique.setdefault(p if is_uri(p) else os.path.abspath(p), sid)
+    for given, src in found:
+        unique.setdefault(str(src) if is_uri(src) else os.path.abspath(src), given)
     stems: dict[str, int] = {}
     for resolved, sid in unique.items():
         if sid is None:

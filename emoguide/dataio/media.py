@@ -208,8 +208,14 @@ def _decode(container: av.container.InputContainer, buf: _ChunkBuffer, fps: floa
         buf.add_audio(out.to_ndarray().reshape(-1))
 
 
-def _cut(path: str | os.PathLike[str], container: av.container.InputContainer, buf: _ChunkBuffer, fps: float,
-         chunk_len: int, search: int) -> Iterator[MediaChunk]:
+def _cut(
+    path: str | os.PathLike[str],
+    container: av.container.InputContainer,
+    buf: _ChunkBuffer,
+    fps: float,
+    chunk_len: int,
+    search: int,
+) -> Iterator[MediaChunk]:
     """Every chunk in order, each cut as soon as enough audio is buffered past it; then the remainder."""
     try:
         for _ in _decode(container, buf, fps):
@@ -252,7 +258,11 @@ def iter_chunks(
     info = probe(path)
     if not info.has_audio:
         raise MediaError(path, "no audio stream (a session needs speech)")
-    size = _target_size(info.width, info.height, max_side) if info.has_video else None
+    size = (
+        _target_size(info.width, info.height, max_side)
+        if info.has_video and info.width is not None and info.height is not None
+        else None
+    )
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:

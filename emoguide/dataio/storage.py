@@ -94,7 +94,7 @@ def list_media(uri: str, suffixes: Collection[str]) -> list[str]:
         raise StorageError(uri, f"cannot list ({exc})") from exc
     base = unquote(urlsplit(uri).path).rstrip("/")
     return sorted(
-        _with_path(uri, base + f.path[len(root.rstrip("/")):])
+        _with_path(uri, base + f.path[len(root.rstrip("/")) :])
         for f in found
         if f.type == pafs.FileType.File and PurePosixPath(f.path).suffix.lower() in suffixes
     )
@@ -208,8 +208,14 @@ def staged_output(out: str | os.PathLike[str]) -> Iterator[Path]:
             fs.create_dir(root)  # a missing bucket or a read-only one fails here, not after hours of work
             if fs.get_file_info(f"{root}/parts").type == pafs.FileType.Directory:
                 (stage / "parts").mkdir()
-                pafs.copy_files(f"{root}/parts", str(stage / "parts"), source_filesystem=fs,
-                                destination_filesystem=pafs.LocalFileSystem(), chunk_size=BLOCK, use_threads=True)
+                pafs.copy_files(
+                    f"{root}/parts",
+                    str(stage / "parts"),
+                    source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                    chunk_size=BLOCK,
+                    use_threads=True,
+                )
         except OSError as exc:
             raise StorageError(out, f"cannot use as the output ({exc})") from exc
         before = _state(stage)

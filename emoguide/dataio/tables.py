@@ -22,14 +22,17 @@ import pyarrow.parquet as pq
 from models.emotion import LABELS
 from models.voice import PROSODY_KEYS
 
-WORD = pa.struct(
-    [("start", pa.float64()), ("end", pa.float64()), ("word", pa.string()), ("probability", pa.float64())]
-)
+WORD = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("word", pa.string()), ("probability", pa.float64())])
 PROSODY = pa.struct([(k, pa.float64()) for k in PROSODY_KEYS])
 
 MOMENT = pa.struct(
-    [("utt_id", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("score", pa.float64()),
-     ("label", pa.string())]
+    [
+        ("utt_id", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("score", pa.float64()),
+        ("label", pa.string()),
+    ]
 )
 
 TURN = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("speaker", pa.string())])
@@ -128,7 +131,7 @@ def open_atomic(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -8,8 +8,9 @@
   kappa per rater pair) and judge-expert agreement (Spearman rho, Kendall tau-b, mean bias judge - expert),
   each with a bootstrap CI over items.
 
-Reproducibility: items are sorted by their key before resampling (row order does not matter), and every CI uses its own generator ``np.random.default_rng([seed, crc32(label)])`` where the
-label names the quantity (e.g. ``"mean/face"``), so a result depends on ``seed`` and on its own data only, not
+Reproducibility: items are sorted by their key before resampling (row order does not matter), and every CI uses its own
+generator ``np.random.default_rng([seed, crc32(label)])`` where the label names the quantity (e.g. ``"mean/face"``), so
+a result depends on ``seed`` and on its own data only, not
 on which other conditions or criteria were computed. Means and paired differences use
 ``scipy.stats.bootstrap`` with BCa; statistics over items (alpha, kappa, correlations, bias) resample item
 indices with ``scipy.stats.bootstrap`` (percentile method), ignoring degenerate resamples where the statistic
@@ -18,6 +19,7 @@ is undefined (their count is reported as ``n_undefined``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -83,7 +85,12 @@ def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, label: s
     from scipy import stats
 
     x = np.asarray([v for v in values if v is not None], dtype=float)
-    out: dict[str, Any] = {"n": int(x.size), "mean": float(x.mean()) if x.size else None, "ci_low": None, "ci_high": None}
+    out: dict[str, Any] = {
+        "n": int(x.size),
+        "mean": float(x.mean()) if x.size else None,
+        "ci_low": None,
+        "ci_high": None,
+    }
     if x.size < 2:
         return out
     if np.ptp(x) == 0:
@@ -109,18 +116,27 @@ def paired_difference(
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = x - y
     out: dict[str, Any] = {
-        "n_pairs": int(d.size), "mean_diff": float(d.mean()) if d.size else None,
-        "ci_low": None, "ci_high": None, "wilcoxon_stat": None, "p_value": None,
-    }  # fmt: skip
+        "n_pairs": int(d.size),
+        "mean_diff": float(d.mean()) if d.size else None,
+        "ci_low": None,
+        "ci_high": None,
+        "wilcoxon_stat": None,
+        "p_value": None,
+    }
     if d.size < 2:
         return out
     if np.ptp(d) == 0:
         out["ci_low"] = out["ci_high"] = float(d[0])
     else:
         res = stats.bootstrap(
-            (x, y), lambda u, v, axis=-1: np.mean(u - v, axis=axis), paired=True, n_resamples=n_boot,
-            confidence_level=CI_LEVEL, method="BCa", rng=_rng(seed, label),
-        )  # fmt: skip
+            (x, y),
+            lambda u, v, axis=-1: np.mean(u - v, axis=axis),
+            paired=True,
+            n_resamples=n_boot,
+            confidence_level=CI_LEVEL,
+            method="BCa",
+            rng=_rng(seed, label),
+        )
         out["ci_low"], out["ci_high"] = _clean(res.confidence_interval.low), _clean(res.confidence_interval.high)
     if np.all(d == 0):
         out["wilcoxon_stat"], out["p_value"] = 0.0, 1.0
@@ -133,7 +149,7 @@ def paired_difference(
 def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
     """Holm-Bonferroni adjusted p-values (None stays None)."""
     valid = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])
-    m, running, out = len(valid), 0.0, {k: None for k in pvalues}
+    m, running, out = len(valid), 0.0, dict.fromkeys(pvalues)
     for i, (p, k) in enumerate(valid):
         running = max(running, min(1.0, (m - i) * p))
         out[k] = running
@@ -141,9 +157,12 @@ def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
 
 
 def bootstrap_items(
-    n_items: int, statistic: Callable[[np.ndarray], float | None], n_boot: int = 2000, seed: int = 0,
+    n_items: int,
+    statistic: Callable[[np.ndarray], float | None],
+    n_boot: int = 2000,
+    seed: int = 0,
     label: str = "items",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Percentile bootstrap CI of ``statistic(item_indices)`` resampling items with replacement.
 
     Resamples where the statistic is undefined (None/NaN, e.g. a correlation of a constant) are left out of
@@ -162,9 +181,14 @@ def bootstrap_items(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap(
-            (np.arange(n_items, dtype=float),), stat, n_resamples=n_boot, vectorized=False, method="percentile",
-            confidence_level=CI_LEVEL, rng=_rng(seed, label),
-        )  # fmt: skip
+            (np.arange(n_items, dtype=float),),
+            stat,
+            n_resamples=n_boot,
+            vectorized=False,
+            method="percentile",
+            confidence_level=CI_LEVEL,
+            rng=_rng(seed, label),
+        )
     dist = np.asarray(res.bootstrap_distribution, dtype=float)
     ok = dist[np.isfinite(dist)]
     out["n_undefined"] = int(dist.size - ok.size)
@@ -201,7 +225,7 @@ def compare_conditions(
     data = as_rows(rows)
     if where:
         data = [r for r in data if all(r.get(k) == v for k, v in where.items())]
-    by_cond: dict[str, dict[tuple, float]] = {}
+    by_cond: dict[str | None, dict[tuple, float]] = {}
     for r in data:
         cond, key = r.get("condition"), tuple(r.get(k) for k in item_keys)
         cell = by_cond.setdefault(cond, {})
@@ -217,9 +241,15 @@ def compare_conditions(
             cell.setdefault(key, None)  # type: ignore[arg-type]  # marks the item as present but missing
     conditions = sorted(by_cond, key=lambda c: (c != baseline, str(c)))
     out: dict[str, Any] = {
-        "value": value, "baseline": baseline, "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL,
-        "where": dict(where or {}), "conditions": {}, "differences": {},
-    }  # fmt: skip
+        "value": value,
+        "baseline": baseline,
+        "n_boot": n_boot,
+        "seed": seed,
+        "ci_level": CI_LEVEL,
+        "where": dict(where or {}),
+        "conditions": {},
+        "differences": {},
+    }
     for c in conditions:
         vals = [by_cond[c][k] for k in sorted(by_cond[c], key=_order) if by_cond[c][k] is not None]
         out["conditions"][c] = mean_ci(vals, n_boot, seed, f"mean/{c}") | {
@@ -282,10 +312,21 @@ def krippendorff_alpha(reliability_data: Any, level: str = "ordinal") -> float |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = krippendorff.alpha(
-            reliability_data=data, value_domain=list(SCORES) if level == "ordinal" else None,
+            reliability_data=data,
+            value_domain=list(SCORES) if level == "ordinal" else None,
             level_of_measurement=level,
-        )  # fmt: skip
+        )
     return _clean(a)
+
+
+def _kappa_of_items(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> float | None:
+    """Weighted kappa of two raters over the resampled items ``idx``."""
+    return weighted_kappa(a[idx], b[idx])
+
+
+def _alpha_of_items(mat: np.ndarray, idx: np.ndarray) -> float | None:
+    """Ordinal alpha of a raters x items matrix over the resampled items ``idx``."""
+    return krippendorff_alpha(mat[:, idx], "ordinal")
 
 
 def weighted_kappa(a: Sequence[int], b: Sequence[int], labels: Sequence[int] = SCORES) -> float | None:
@@ -313,9 +354,9 @@ def _judged_items(judgements: Any, key: Any) -> dict[tuple[str, str], dict[str, 
         item_of[(str(k["session_id"]), str(k["utt_id"]), str(k["condition"]), str(k.get("model") or ""))] = item
     judged: dict[tuple[str, str], dict[str, Any]] = {}
     for j in as_rows(judgements):
-        item = item_of.get((str(j["session_id"]), str(j["utt_id"]), str(j["condition"]), str(j.get("model") or "")))
-        if item is not None:
-            judged.setdefault((j["judge"], j["criterion"]), {})[item] = _num(j.get("score"))
+        rated = item_of.get((str(j["session_id"]), str(j["utt_id"]), str(j["condition"]), str(j.get("model") or "")))
+        if rated is not None:
+            judged.setdefault((j["judge"], j["criterion"]), {})[rated] = _num(j.get("score"))
     return judged
 
 
@@ -337,9 +378,12 @@ def _pairwise_kappas(raters: list[str], mat: np.ndarray, crit: str, n_boot: int,
         both = ~np.isnan(mat[n1]) & ~np.isnan(mat[n2])
         a, b = mat[n1, both].astype(int), mat[n2, both].astype(int)
         kappas[f"{r1}|{r2}"] = {"n": int(both.sum())} | bootstrap_items(
-            int(both.sum()), lambda idx, a=a, b=b: weighted_kappa(a[idx], b[idx]), n_boot, seed,
+            int(both.sum()),
+            functools.partial(_kappa_of_items, a, b),
+            n_boot,
+            seed,
             f"kappa/{crit}/{r1}|{r2}",
-        )  # fmt: skip
+        )
     return kappas
 
 
@@ -356,7 +400,12 @@ def _correlation(fn: Callable[..., Any], js: np.ndarray, ex: np.ndarray) -> Call
 
 
 def _judge_vs_experts(
-    judge: str, crit: str, scores: Mapping[str, Any], items: list[str], expert_mean: Mapping[str, float], n_boot: int,
+    judge: str,
+    crit: str,
+    scores: Mapping[str, Any],
+    items: list[str],
+    expert_mean: Mapping[str, float],
+    n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
     """One judge against the experts' mean on one criterion: correlations and bias, over the items it scored."""
@@ -374,24 +423,31 @@ def _judge_vs_experts(
         "spearman": bootstrap_items(n, _correlation(stats.spearmanr, js, ex), n_boot, seed, f"rho/{crit}/{judge}"),
         "kendall": bootstrap_items(n, _correlation(stats.kendalltau, js, ex), n_boot, seed, f"tau/{crit}/{judge}"),
         "bias": bootstrap_items(
-            n, lambda idx: float(np.mean(js[idx] - ex[idx])) if len(idx) else None, n_boot, seed,
+            n,
+            lambda idx: float(np.mean(js[idx] - ex[idx])) if len(idx) else None,
+            n_boot,
+            seed,
             f"bias/{crit}/{judge}",
         ),
     }
 
 
 def _criterion_agreement(
-    crit: str, crit_rows: Sequence[Mapping[str, Any]], judged: Mapping[tuple[str, str], Mapping[str, Any]],
-    n_boot: int, seed: int,
+    crit: str,
+    crit_rows: Sequence[Mapping[str, Any]],
+    judged: Mapping[tuple[str, str], Mapping[str, Any]],
+    n_boot: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Everything :func:`agreement` reports for one criterion."""
     raters, items, mat = _rating_matrix(crit_rows)
     res: dict[str, Any] = {
-        "n_items": len(items), "n_raters": len(raters),
+        "n_items": len(items),
+        "n_raters": len(raters),
         "n_items_multiply_rated": int((np.sum(~np.isnan(mat), axis=0) >= 2).sum()),
-    }  # fmt: skip
+    }
     res["krippendorff_alpha_ordinal"] = bootstrap_items(
-        len(items), lambda idx, m=mat: krippendorff_alpha(m[:, idx], "ordinal"), n_boot, seed, f"alpha/{crit}"
+        len(items), functools.partial(_alpha_of_items, mat), n_boot, seed, f"alpha/{crit}"
     )
     res["kappa_quadratic"] = _pairwise_kappas(raters, mat, crit, n_boot, seed)
     expert_mean = {i: float(np.nanmean(mat[:, n])) for n, i in enumerate(items)}
@@ -410,7 +466,8 @@ def agreement(
 ) -> dict[str, Any]:
     """Inter-expert and judge-expert agreement per criterion.
 
-    ``ratings``: rows with rater, item, criterion, score (as :func:`emoguide.evaluation.ratings.import_ratings` returns).
+    ``ratings``: rows with rater, item, criterion, score (as :func:`emoguide.evaluation.ratings.import_ratings`
+    returns).
     ``judgements`` (optional): ``judgements.parquet`` rows; ``key``: the rating sheet's key (item → session_id,
     utt_id, condition, model), needed to map blinded items to judged replies.
 

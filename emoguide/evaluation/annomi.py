@@ -71,7 +71,7 @@ def read_annomi(csv_path: str | Path, columns: Iterable[str] = ()) -> pd.DataFra
 # Roles
 # --------------------------------------------------------------------------------------------------
 def _seconds(stamp: str) -> float:
-    """"hh:mm:ss" (AnnoMI; one row has "00:09:025", read as 9 min 25 s) to seconds."""
+    """ "hh:mm:ss" (AnnoMI; one row has "00:09:025", read as 9 min 25 s) to seconds."""
     total = 0.0
     for part in str(stamp).strip().split(":"):
         total = total * 60 + float(part)
@@ -97,7 +97,7 @@ def annomi_sessions(csv_path: str | Path, seed: int = 0) -> list[dict]:
         starts = [_seconds(t) for t in rows["timestamp"]]
         texts = [str(t) for t in rows["utterance_text"]]
         utts = []
-        for i, (who, text) in enumerate(zip(rows["interlocutor"], texts)):
+        for i, (who, text) in enumerate(zip(rows["interlocutor"], texts, strict=True)):
             end = starts[i + 1] if i + 1 < len(starts) else starts[i] + len(text.split()) / 2.5
             utts.append({"speaker": label[who], "text": text, "start_s": starts[i], "end_s": max(end, starts[i])})
         sessions.append(
@@ -158,7 +158,8 @@ def evaluate_roles(
     ]
     out = _role_summary(results)
     out["by_quality"] = {
-        q: _role_summary([r for r in results if r["mi_quality"] == q]) for q in sorted({r["mi_quality"] for r in results})
+        q: _role_summary([r for r in results if r["mi_quality"] == q])
+        for q in sorted({r["mi_quality"] for r in results})
     }
     return out
 
@@ -181,7 +182,11 @@ def annomi_sample(
     sample = []
     for tid, g in utts.groupby("transcript_id", sort=True):
         g = g.reset_index(drop=True)
-        cands = [i for i in range(1, len(g)) if g.at[i, "interlocutor"] == "therapist" and str(g.at[i, "utterance_text"]).strip()]
+        cands = [
+            i
+            for i in range(1, len(g))
+            if g.at[i, "interlocutor"] == "therapist" and str(g.at[i, "utterance_text"]).strip()
+        ]
         if not cands:
             continue
         rng = np.random.default_rng([seed, zlib.crc32(str(tid).encode())])
@@ -190,7 +195,7 @@ def annomi_sample(
             ctx = g.iloc[max(0, i - context_turns) : i]
             context = "\n".join(
                 f"{'Therapist' if s == 'therapist' else 'Client'}: {t}"
-                for s, t in zip(ctx["interlocutor"], ctx["utterance_text"])
+                for s, t in zip(ctx["interlocutor"], ctx["utterance_text"], strict=True)
             )
             sample.append(
                 {
@@ -210,7 +215,7 @@ def _judge_sample(sample: list[dict[str, Any]], generator: Any, rb: Rubric) -> f
     t0 = time.perf_counter()
     judged = judge_replies([(s["context"], s["reply"]) for s in sample], generator, rb)
     wall = time.perf_counter() - t0
-    for s, (p, raw) in zip(sample, judged):
+    for s, (p, raw) in zip(sample, judged, strict=True):
         s["scores"], s["error"], s["raw"] = p.scores, p.error, raw
         s["mean_score"] = float(np.mean(list(p.scores.values()))) if p.scores else None
     return wall
@@ -237,18 +242,23 @@ def _auc_ci(scores: list[float], labels: list[int], n_boot: int, seed: int) -> l
     """Stratified percentile bootstrap 95% CI of the AUC (high and low transcripts resampled separately)."""
     from scipy import stats
 
-    hi = np.array([s for s, y in zip(scores, labels) if y == 1])
-    lo = np.array([s for s, y in zip(scores, labels) if y == 0])
+    hi = np.array([s for s, y in zip(scores, labels, strict=True) if y == 1])
+    lo = np.array([s for s, y in zip(scores, labels, strict=True) if y == 0])
 
-    def auc_stat(h: np.ndarray, l: np.ndarray) -> float:
+    def auc_stat(high: np.ndarray, low: np.ndarray) -> float:
         # P(high > low) + 0.5 P(tie): the Mann-Whitney form of ROC AUC
-        d = h[:, None] - l[None, :]
+        d = high[:, None] - low[None, :]
         return float((d > 0).mean() + 0.5 * (d == 0).mean())
 
     res = stats.bootstrap(
-        (hi, lo), auc_stat, n_resamples=n_boot, vectorized=False, paired=False, method="percentile",
+        (hi, lo),
+        auc_stat,
+        n_resamples=n_boot,
+        vectorized=False,
+        paired=False,
+        method="percentile",
         rng=np.random.default_rng(seed),
-    )  # fmt: skip
+    )
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
@@ -260,12 +270,16 @@ def _mi_quality_auc(ok: Sequence[dict[str, Any]], rb: Rubric, n_boot: int, seed:
     return {
         "auc": auc_all,
         "ci95": _auc_ci(scores, labels, n_boot, seed) if auc_all is not None else None,
-        "n_transcripts_high": n_high, "n_transcripts_low": len(labels) - n_high,
+        "n_transcripts_high": n_high,
+        "n_transcripts_low": len(labels) - n_high,
         "per_criterion": {c: _auc(*_transcript_means(ok, c)) for c in rb.criterion_names},
-        "mean_score_high": float(np.mean([s for s, y in zip(scores, labels) if y])) if n_high else None,
-        "mean_score_low": float(np.mean([s for s, y in zip(scores, labels) if not y])) if len(labels) > n_high else None,
-        "n_boot": n_boot, "bootstrap": "stratified percentile (high and low transcripts resampled separately)",
-    }  # fmt: skip
+        "mean_score_high": float(np.mean([s for s, y in zip(scores, labels, strict=True) if y])) if n_high else None,
+        "mean_score_low": float(np.mean([s for s, y in zip(scores, labels, strict=True) if not y]))
+        if len(labels) > n_high
+        else None,
+        "n_boot": n_boot,
+        "bootstrap": "stratified percentile (high and low transcripts resampled separately)",
+    }
 
 
 def _by_behaviour(ok: Sequence[dict[str, Any]], rb: Rubric) -> tuple[dict[str, Any], float | None]:
@@ -279,9 +293,11 @@ def _by_behaviour(ok: Sequence[dict[str, Any]], rb: Rubric) -> tuple[dict[str, A
         by_behaviour[b] = {
             "n": len(vals),
             "mean_score": float(np.mean(vals)) if vals else None,
-            **{f"mean_{c}": (float(np.mean([s["scores"][c] for s in ok if s["behaviour"] == b])) if vals else None)
-               for c in rb.criterion_names},
-        }  # fmt: skip
+            **{
+                f"mean_{c}": (float(np.mean([s["scores"][c] for s in ok if s["behaviour"] == b])) if vals else None)
+                for c in rb.criterion_names
+            },
+        }
         if vals:
             groups.append(vals)
     kw_p = None
@@ -302,7 +318,9 @@ def _parse_error_kinds(sample: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 def _form_rules(sample: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Agreement of :func:`reply_form`'s surface rules with the expert reflection/question codes."""
-    coded = [(f, b) for f, b in ((reply_form(s["reply"]), s["behaviour"]) for s in sample) if b in ("reflection", "question")]
+    coded = [
+        (f, b) for f, b in ((reply_form(s["reply"]), s["behaviour"]) for s in sample) if b in ("reflection", "question")
+    ]
     return {
         "n_question_or_reflection": len(coded),
         "accuracy": (sum(f == b for f, b in coded) / len(coded)) if coded else None,
@@ -323,8 +341,9 @@ def evaluate_judge(
     """Judge a deterministic sample of AnnoMI therapist utterances and compare with the expert labels.
 
     Reports: n transcripts / utterances / judge calls, parse failure rate, how often one score is given to
-    every criterion (a judge that does not tell the criteria apart), the score distribution per criterion, ROC AUC of the transcript-level mean judge score (mean over the transcript's parsed
-    utterances of the mean of their three criteria) for high vs low ``mi_quality`` with a stratified
+    every criterion (a judge that does not tell the criteria apart), the score distribution per criterion, ROC AUC of
+    the transcript-level mean judge score (mean over the transcript's parsed utterances of the mean of their three
+    criteria) for high vs low ``mi_quality`` with a stratified
     bootstrap 95% CI (scipy.stats.bootstrap resampling high and low transcripts separately), per-criterion
     AUCs, the mean judge score per expert behaviour label with a Kruskal-Wallis p, the agreement of
     :func:`reply_form`'s surface rules with the expert behaviour codes, and timing.
@@ -340,8 +359,13 @@ def evaluate_judge(
         "rubric": rb.id,
         "rubric_sha256": rb.sha256,
         "judge_params": json.loads(generator_params(generator)),
-        "sample": {"per_transcript": per_transcript, "seed": seed, "context_turns": context_turns,
-                   "n_transcripts": len({s["transcript_id"] for s in sample}), "n_utterances": len(sample)},
+        "sample": {
+            "per_transcript": per_transcript,
+            "seed": seed,
+            "context_turns": context_turns,
+            "n_transcripts": len({s["transcript_id"] for s in sample}),
+            "n_utterances": len(sample),
+        },
         "n_judge_calls": len(sample),
         "parse_failure_rate": (len(sample) - len(ok)) / len(sample) if sample else None,
         "parse_errors": _parse_error_kinds(sample),
@@ -355,5 +379,7 @@ def evaluate_judge(
         "form_rules": _form_rules(sample),
         "wall_s": wall,
         "s_per_call": wall / len(sample) if sample else None,
-        "examples": [{k: s[k] for k in ("transcript_id", "utterance_id", "behaviour", "raw", "error")} for s in sample[:5]],
+        "examples": [
+            {k: s[k] for k in ("transcript_id", "utterance_id", "behaviour", "raw", "error")} for s in sample[:5]
+        ],
     }

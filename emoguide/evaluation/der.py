@@ -46,7 +46,7 @@ def diarization_error_rate(
         width = round(collar_s / step_s)
         for s, e, _ in reference:
             for edge in (round(s / step_s), round(e / step_s)):
-                scored[max(0, edge - width): edge + width] = False
+                scored[max(0, edge - width) : edge + width] = False
         r, h = r[:, scored], h[:, scored]
         n = int(scored.sum())
     nr, nh = r.sum(0), h.sum(0)
@@ -54,11 +54,11 @@ def diarization_error_rate(
     if total == 0:
         return {"der": float("nan"), "miss": 0.0, "false_alarm": 0.0, "confusion": 0.0, "total_s": 0.0}
     co = r.astype(np.int64) @ h.T.astype(np.int64)  # ref x hyp co-occurrence frames
-    matched = 0
+    matched: int | np.ndarray = 0
     if co.size:
         ri, hi = linear_sum_assignment(-co)
         mapped = np.zeros(n, dtype=np.int64)
-        for a, b in zip(ri, hi):
+        for a, b in zip(ri, hi, strict=True):
             mapped += r[a] & h[b]
         matched = mapped
     miss = np.maximum(nr - nh, 0).sum()

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from models.emotion import LABELS, valence_arousal
 from emoguide.evaluation.reference import reply_form
 from emoguide.prompts.build import build_prompts
 from emoguide.session.dissonance import annotate
+from models.emotion import LABELS, valence_arousal
 
 CUE_DIRICHLET_ALPHA = 0.6  # < 1: peaked distributions, as the classifiers give; a mix of agreeing and clashing turns
 
@@ -118,8 +118,14 @@ def synthetic_cues(session_id: str, utt_id: int) -> dict[str, Any]:
     for channel in ("face", "voice"):
         probs = rng.dirichlet(np.full(len(LABELS), CUE_DIRICHLET_ALPHA)).astype(np.float32)
         valence, arousal = valence_arousal(probs[None, :])[0]
-        cues.update({f"{channel}_probs": probs.tolist(), f"{channel}_valence": float(valence),
-                     f"{channel}_arousal": float(arousal), f"{channel}_confidence": float(probs.max())})
+        cues.update(
+            {
+                f"{channel}_probs": probs.tolist(),
+                f"{channel}_valence": float(valence),
+                f"{channel}_arousal": float(arousal),
+                f"{channel}_confidence": float(probs.max()),
+            }
+        )
     return cues
 
 
@@ -128,8 +134,12 @@ def annomi_utterances(table: Any, with_cues: bool = True) -> list[dict[str, Any]
     rows = []
     for r in table.itertuples(index=False):
         utt: dict[str, Any] = {
-            "session_id": str(r.transcript_id), "utt_id": int(r.utterance_id), "role": str(r.interlocutor),
-            "text": str(r.utterance_text), "start_s": float(r.utterance_id), "end_s": float(r.utterance_id) + 0.9,
+            "session_id": str(r.transcript_id),
+            "utt_id": int(r.utterance_id),
+            "role": str(r.interlocutor),
+            "text": str(r.utterance_text),
+            "start_s": float(r.utterance_id),
+            "end_s": float(r.utterance_id) + 0.9,
             "behaviour": str(r.main_therapist_behaviour),
         }
         if with_cues and utt["role"] == "client":
@@ -140,7 +150,10 @@ def annomi_utterances(table: Any, with_cues: bool = True) -> list[dict[str, Any]
 
 
 def sample_prompts(
-    utterances: Sequence[Mapping[str, Any]], n_turns: int, conditions: Sequence[str], seed: int = 0,
+    utterances: Sequence[Mapping[str, Any]],
+    n_turns: int,
+    conditions: Sequence[str],
+    seed: int = 0,
     context_turns: int = 6,
 ) -> list[dict[str, Any]]:
     """Prompt rows for ``n_turns`` client turns (one per transcript, transcripts in a seeded order)."""
@@ -177,7 +190,8 @@ def dialogue_text(prompt_row: Mapping[str, Any]) -> str:
 # Scores
 # --------------------------------------------------------------------------------------------------
 def score_replies(
-    rows: Sequence[Mapping[str, Any]], replies: Sequence[str | None],
+    rows: Sequence[Mapping[str, Any]],
+    replies: Sequence[str | None],
     embedders: Mapping[str, Callable[[Sequence[str]], np.ndarray]],
 ) -> list[dict[str, Any]]:
     """Per reply: on-task verdict and broken rules, form, and similarity to the real reply per embedder."""
@@ -187,14 +201,21 @@ def score_replies(
         b = encode([str(row["reference"]) for row in rows])
         sims[name] = np.sum(a * b, axis=1)  # embeddings are L2-normalised
     scored = []
-    for i, (row, reply) in enumerate(zip(rows, replies)):
+    for i, (row, reply) in enumerate(zip(rows, replies, strict=True)):
         broken = off_task_rules(reply, dialogue_text(row))
-        scored.append({
-            "session_id": row["session_id"], "utt_id": row["utt_id"], "condition": row["condition"],
-            "reply": reply, "on_task": not broken, "broken_rules": broken, "form": reply_form(reply),
-            "reference_behaviour": row.get("reference_behaviour"),
-            **{f"sim_{name}": float(v[i]) for name, v in sims.items()},
-        })
+        scored.append(
+            {
+                "session_id": row["session_id"],
+                "utt_id": row["utt_id"],
+                "condition": row["condition"],
+                "reply": reply,
+                "on_task": not broken,
+                "broken_rules": broken,
+                "form": reply_form(reply),
+                "reference_behaviour": row.get("reference_behaviour"),
+                **{f"sim_{name}": float(v[i]) for name, v in sims.items()},
+            }
+        )
     return scored
 
 
@@ -204,7 +225,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 5000,
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean_diff": float(d.mean()), "ci95_low": float(lo), "ci95_high": float(hi), "n": int(len(d))}
+    return {"mean_diff": float(d.mean()), "ci95_low": float(lo), "ci95_high": float(hi), "n": len(d)}
 
 
 def bootstrap_mean(values: Sequence[float], n_boot: int = 5000, seed: int = 0) -> dict[str, float]:
@@ -216,6 +237,7 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 5000, seed: int = 0) -
 
 def summarise(scored: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """On-task rate, mean similarities and form agreement with the experts' codes, overall and per condition."""
+
     def block(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         coded = [s for s in items if s["reference_behaviour"] in ("question", "reflection")]
         rules: dict[str, int] = {}
@@ -230,7 +252,8 @@ def summarise(scored: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "broken_rules": rules,
             "forms": {f: sum(s["form"] == f for s in items) for f in ("question", "reflection", "other")},
             "form_matches_expert": (sum(s["form"] == s["reference_behaviour"] for s in coded) / len(coded))
-            if coded else None,
+            if coded
+            else None,
         }
 
     conditions = sorted({s["condition"] for s in scored})

@@ -75,6 +75,7 @@ JUDGEMENTS = pa.schema(
     ]
 )
 
+
 # --------------------------------------------------------------------------------------------------
 # Rubric
 # --------------------------------------------------------------------------------------------------
@@ -101,8 +102,9 @@ class Rubric:
 @cache
 def load_rubric(rubric: str = DEFAULT_RUBRIC) -> Rubric:
     """A rubric by id (``judge_v1`` → ``rubrics/judge_v1.yaml``) or by file path."""
-    path, raw, data = read_versioned_yaml(rubric, RUBRIC_DIR, {"name", "version", "criteria", "system", "user"},
-                                          "judge rubric")
+    path, raw, data = read_versioned_yaml(
+        rubric, RUBRIC_DIR, {"name", "version", "criteria", "system", "user"}, "judge rubric"
+    )
     criteria = tuple((str(c["name"]), str(c["description"])) for c in data["criteria"])
     names = [c for c, _ in criteria]
     if len(set(names)) != len(names) or not all(re.fullmatch(r"[a-z_]+", c) for c in names):
@@ -232,8 +234,7 @@ def judge_grammar(rubric: Rubric | str = DEFAULT_RUBRIC) -> str:
     """
     rb = load_rubric(rubric) if isinstance(rubric, str) else rubric
     lines = ' "\\n" '.join(f'"{c}: " score " | " reason' for c in rb.criterion_names)
-    return (f"root ::= {lines}\nscore ::= [1-5]\n"
-            f"reason ::= [^\\n|<> ] [^\\n|<>]{{0,{MAX_REASON_CHARS - 1}}}\n")
+    return f"root ::= {lines}\nscore ::= [1-5]\nreason ::= [^\\n|<> ] [^\\n|<>]{{0,{MAX_REASON_CHARS - 1}}}\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def judge_replies(
     for start in range(0, len(todo), batch):
         idx = todo[start : start + batch]
         results = generator.generate([judge_messages(items[i][0], str(items[i][1]), rb) for i in idx])
-        for i, res in zip(idx, results):
+        for i, res in zip(idx, results, strict=True):
             out[i] = (parse_judgement(res.text, names, getattr(res, "finish_reason", None)), res.text)
         log.info("judged %d/%d replies (%.1f s)", min(start + batch, len(todo)), len(todo), time.perf_counter() - t0)
     return [o for o in out if o is not None]
@@ -352,7 +353,11 @@ def judge_run(
             items.append((ctx, r.get("reference")))
     params = generator_params(generator)
     judged = judge_replies(items, generator, rb)
-    out = [row for meta, (p, raw) in zip(metas, judged) for row in _judgement_rows(meta, p, raw, rb, judge_name, params)]
+    out = [
+        row
+        for meta, (p, raw) in zip(metas, judged, strict=True)
+        for row in _judgement_rows(meta, p, raw, rb, judge_name, params)
+    ]
     n_fail = sum(1 for p, _ in judged if p.error)
     log.info("judged %d replies with %s (%s): %d parse failures", len(judged), judge_name, rb.id, n_fail)
     return write_atomic(to_table(out, JUDGEMENTS), run_dir / "judgements.parquet")

@@ -55,8 +55,9 @@ def evaluate_face(videos: Sequence[Path], fps: float = 2.0) -> dict[str, Any]:
     """Detection rate, mean probabilities and top-class shares over frames sampled as the pipeline does."""
     analyzer = FaceAnalyzer(resolve("face_detector"), resolve("face_emotion"))
     try:
-        results = [analyzer.analyze(c.frames).largest() for v in videos for c in iter_chunks(v, fps=fps)
-                   if len(c.frames)]
+        results = [
+            analyzer.analyze(c.frames).largest() for v in videos for c in iter_chunks(v, fps=fps) if len(c.frames)
+        ]
     finally:
         analyzer.close()
     found = np.concatenate([r.found for r in results])
@@ -80,11 +81,15 @@ def format_perception(report: dict[str, Any]) -> str:
         v = report["voice"]
         for mode in ("per_clip", "per_speaker"):
             r = v[mode]
-            lines.append(f"voice {mode:<11}: accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
-                         f"(n={r['n_scored']}/{r['n']})")
-        lines.append("confusion (rows true, columns predicted; " + " ".join(l[:4] for l in LABELS) + "):")
-        lines += ["  " + f"{label:<10}" + " ".join(f"{n:4d}" for n in row)
-                  for label, row in zip(LABELS, v["per_speaker"]["confusion"], strict=True)]
+            lines.append(
+                f"voice {mode:<11}: accuracy {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
+                f"(n={r['n_scored']}/{r['n']})"
+            )
+        lines.append("confusion (rows true, columns predicted; " + " ".join(name[:4] for name in LABELS) + "):")
+        lines += [
+            "  " + f"{label:<10}" + " ".join(f"{n:4d}" for n in row)
+            for label, row in zip(LABELS, v["per_speaker"]["confusion"], strict=True)
+        ]
     if "face" in report:
         f = report["face"]
         lines.append(f"face: detected in {f['detection_rate']:.4f} of {f['frames']} frames from {f['videos']} videos")

@@ -31,6 +31,7 @@ Definitions (also in the report and the README):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -53,9 +54,15 @@ CLASSES = tuple(label for label in LABELS if label != "contempt")  # RAVDESS has
 NO_VALUE = "no value"
 KINDS = ("audio", "dubbed", "grid")
 # The issue's targets on RAVDESS actors 13-18 (issue 16), shown beside the numbers.
-TARGETS = {"boundary_f1": "≥ 0.9", "wer": "≤ 0.25", "words_per_ref_word": "≤ 1.1", "voice_accuracy": "≥ 0.50",
-           "dissonance_false_alarm_rate": "≤ 0.2", "dissonance_hit_rate": "≥ 0.6",
-           "dissonance_null_share": "≤ 0.1"}
+TARGETS = {
+    "boundary_f1": "≥ 0.9",
+    "wer": "≤ 0.25",
+    "words_per_ref_word": "≤ 1.1",
+    "voice_accuracy": "≥ 0.50",
+    "dissonance_false_alarm_rate": "≤ 0.2",
+    "dissonance_hit_rate": "≥ 0.6",
+    "dissonance_null_share": "≤ 0.1",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,16 +70,20 @@ TARGETS = {"boundary_f1": "≥ 0.9", "wer": "≤ 0.25", "words_per_ref_word": "�
 # --------------------------------------------------------------------------------------------------
 
 
-def match_boundaries(truth: Sequence[tuple[float, float]], utterances: Sequence[tuple[float, float]],
-                     tol_s: float = BOUNDARY_TOL_S) -> list[int | None]:
+def match_boundaries(
+    truth: Sequence[tuple[float, float]], utterances: Sequence[tuple[float, float]], tol_s: float = BOUNDARY_TOL_S
+) -> list[int | None]:
     """For each true span, the index of the utterance matched to it (or None), one-to-one.
 
     A pair can match when both edges are within ``tol_s``; pairs are taken closest first (by the larger of
     the two edge errors), which is optimal here because true spans are further apart than ``2 * tol_s``.
     """
-    pairs = sorted((max(abs(us - ts), abs(ue - te)), i, j)
-                   for i, (ts, te) in enumerate(truth) for j, (us, ue) in enumerate(utterances)
-                   if abs(us - ts) <= tol_s and abs(ue - te) <= tol_s)
+    pairs = sorted(
+        (max(abs(us - ts), abs(ue - te)), i, j)
+        for i, (ts, te) in enumerate(truth)
+        for j, (us, ue) in enumerate(utterances)
+        if abs(us - ts) <= tol_s and abs(ue - te) <= tol_s
+    )
     matched: list[int | None] = [None] * len(truth)
     used: set[int] = set()
     for _, i, j in pairs:
@@ -87,15 +98,21 @@ def prf(n_matched: int, n_true: int, n_pred: int) -> dict[str, float | int]:
     precision = n_matched / n_pred if n_pred else 0.0
     recall = n_matched / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "n_clips": n_true, "n_utterances": n_pred,
-            "n_matched": n_matched}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "n_clips": n_true,
+        "n_utterances": n_pred,
+        "n_matched": n_matched,
+    }
 
 
 def clip_regions(clips: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
     """The part of the session timeline each clip owns: halfway to its neighbours' speech, open-ended at
     both ends of the session, so every moment (and every word) belongs to exactly one clip."""
-    cuts = [(a["speech_end_s"] + b["speech_start_s"]) / 2 for a, b in zip(clips, clips[1:])]
-    return list(zip([-np.inf, *cuts], [*cuts, np.inf]))
+    cuts = [(a["speech_end_s"] + b["speech_start_s"]) / 2 for a, b in itertools.pairwise(clips)]
+    return list(zip([-np.inf, *cuts], [*cuts, np.inf], strict=True))
 
 
 def words_by_clip(clips: Sequence[Mapping[str, Any]], utterances: Sequence[Mapping[str, Any]]) -> list[list[dict]]:
@@ -125,23 +142,33 @@ def text_score(clip: Mapping[str, Any], words: Sequence[Mapping[str, Any]]) -> d
         errors, ref_len = prefix_wer(reference, hypothesis)
     else:
         errors, ref_len = word_errors(reference, hypothesis), len(reference)
-    edges = ([abs(words[0]["start"] - clip["speech_start_s"]), abs(words[-1]["end"] - clip["speech_end_s"])]
-             if words else [])
-    return {"errors": errors, "ref_words": ref_len, "hyp_words": len(hypothesis), "statement_words": len(reference),
-            "edge_errors_s": edges}
+    edges = (
+        [abs(words[0]["start"] - clip["speech_start_s"]), abs(words[-1]["end"] - clip["speech_end_s"])] if words else []
+    )
+    return {
+        "errors": errors,
+        "ref_words": ref_len,
+        "hyp_words": len(hypothesis),
+        "statement_words": len(reference),
+        "edge_errors_s": edges,
+    }
 
 
-def word_time_error(reference: Sequence[Mapping[str, Any]], words: Sequence[Mapping[str, Any]],
-                    offset_s: float = 0.0) -> dict[str, Any]:
+def word_time_error(
+    reference: Sequence[Mapping[str, Any]], words: Sequence[Mapping[str, Any]], offset_s: float = 0.0
+) -> dict[str, Any]:
     """Mean absolute start and end error (s) of the hypothesis words aligned to reference words."""
     ref = [(w["word"].lower(), w["start"] + offset_s, w["end"] + offset_s) for w in reference]
     hyp = _tokens(words)
     pairs = matched_words([r[0] for r in ref], [h[0] for h in hyp])
     if not pairs:
         return {"start_s": None, "end_s": None, "n_words": 0, "n_reference": len(ref)}
-    return {"start_s": float(np.mean([abs(hyp[j][1] - ref[i][1]) for i, j in pairs])),
-            "end_s": float(np.mean([abs(hyp[j][2] - ref[i][2]) for i, j in pairs])),
-            "n_words": len(pairs), "n_reference": len(ref)}
+    return {
+        "start_s": float(np.mean([abs(hyp[j][1] - ref[i][1]) for i, j in pairs])),
+        "end_s": float(np.mean([abs(hyp[j][2] - ref[i][2]) for i, j in pairs])),
+        "n_words": len(pairs),
+        "n_reference": len(ref),
+    }
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -168,8 +195,9 @@ def dissonance_of(span: tuple[float, float], utterances: Sequence[Mapping[str, A
     """(dissonance, reason) of the clip: the value of the utterance with a value that overlaps it most;
     with none, (None, why): the ``dissonance_reason`` of the most-overlapping utterance when the table has
     that column, else "null dissonance", or "no utterance" when nothing overlaps."""
-    overlapping = sorted(((_overlap(span, (u["start_s"], u["end_s"])), k) for k, u in enumerate(utterances)),
-                         reverse=True)
+    overlapping = sorted(
+        ((_overlap(span, (u["start_s"], u["end_s"])), k) for k, u in enumerate(utterances)), reverse=True
+    )
     overlapping = [(w, k) for w, k in overlapping if w > 0]
     for _, k in overlapping:
         if _has(utterances[k].get("dissonance")):
@@ -179,8 +207,9 @@ def dissonance_of(span: tuple[float, float], utterances: Sequence[Mapping[str, A
     return None, utterances[overlapping[0][1]].get("dissonance_reason") or "null dissonance"
 
 
-def score_session(session: Mapping[str, Any], utterances: Sequence[Mapping[str, Any]],
-                  ok: bool = True) -> dict[str, Any]:
+def score_session(
+    session: Mapping[str, Any], utterances: Sequence[Mapping[str, Any]], ok: bool = True
+) -> dict[str, Any]:
     """Per-clip records and boundary counts of one session (a failed session: nothing found)."""
     clips = session["clips"]
     utterances = sorted(utterances if ok else [], key=lambda u: u["start_s"])
@@ -189,15 +218,27 @@ def score_session(session: Mapping[str, Any], utterances: Sequence[Mapping[str, 
     records = []
     for clip, span, words, match in zip(clips, spans, words_by_clip(clips, utterances), matched, strict=True):
         dissonant, reason = dissonance_of(span, utterances)
-        record = {"session_id": session["session_id"], "kind": session["kind"], "actor": session["actor"],
-                  "source": clip["source"], "emotion": clip["emotion"], "congruent": clip.get("congruent"),
-                  "boundary_matched": match is not None, "voice": voice_label(span, utterances),
-                  "dissonance": dissonant, "dissonance_reason": reason, **text_score(clip, words)}
+        record = {
+            "session_id": session["session_id"],
+            "kind": session["kind"],
+            "actor": session["actor"],
+            "source": clip["source"],
+            "emotion": clip["emotion"],
+            "congruent": clip.get("congruent"),
+            "boundary_matched": match is not None,
+            "voice": voice_label(span, utterances),
+            "dissonance": dissonant,
+            "dissonance_reason": reason,
+            **text_score(clip, words),
+        }
         if "words" in clip:
             record["word_time_error"] = word_time_error(clip["words"], words, offset_s=clip["start_s"])
         records.append(record)
-    return {"records": records, "boundaries": (sum(m is not None for m in matched), len(clips), len(utterances)),
-            "asr_flags": asr_flags(utterances)}
+    return {
+        "records": records,
+        "boundaries": (sum(m is not None for m in matched), len(clips), len(utterances)),
+        "asr_flags": asr_flags(utterances),
+    }
 
 
 def asr_flags(utterances: Sequence[Mapping[str, Any]]) -> Counter:
@@ -223,19 +264,29 @@ def voice_summary(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, A
     n = len(truth)
     scored = [(t, p) for t, p in zip(truth, predicted, strict=True) if p != NO_VALUE]
     columns = [*LABELS, NO_VALUE]
-    confusion = [[sum(1 for t, p in zip(truth, predicted, strict=True) if t == row and p == col) for col in columns]
-                 for row in CLASSES]
-    return {"accuracy": sum(t == p for t, p in scored) / n if n else None,
-            "accuracy_scored": sum(t == p for t, p in scored) / len(scored) if scored else None,
-            "macro_f1": float(f1_score(truth, predicted, labels=list(CLASSES), average="macro", zero_division=0))
-            if n else None,
-            "n_clips": n, "n_no_value": n - len(scored), "confusion_columns": columns, "confusion": confusion}
+    confusion = [
+        [sum(1 for t, p in zip(truth, predicted, strict=True) if t == row and p == col) for col in columns]
+        for row in CLASSES
+    ]
+    return {
+        "accuracy": sum(t == p for t, p in scored) / n if n else None,
+        "accuracy_scored": sum(t == p for t, p in scored) / len(scored) if scored else None,
+        "macro_f1": float(f1_score(truth, predicted, labels=list(CLASSES), average="macro", zero_division=0))
+        if n
+        else None,
+        "n_clips": n,
+        "n_no_value": n - len(scored),
+        "confusion_columns": columns,
+        "confusion": confusion,
+    }
 
 
-def dissonance_summary(congruent: Sequence[bool], values: Sequence[bool | None],
-                       reasons: Sequence[str | None]) -> dict[str, Any]:
+def dissonance_summary(
+    congruent: Sequence[bool], values: Sequence[bool | None], reasons: Sequence[str | None]
+) -> dict[str, Any]:
     """False-alarm rate (congruent clips) and hit rate (incongruent), each over the clips with a value;
     share of clips with no value and why."""
+
     def rate(want: bool) -> tuple[float | None, int, int]:
         scored = [v for c, v in zip(congruent, values, strict=True) if c == want and v is not None]
         return (sum(scored) / len(scored) if scored else None), sum(scored), len(scored)
@@ -243,12 +294,19 @@ def dissonance_summary(congruent: Sequence[bool], values: Sequence[bool | None],
     fa_rate, fa, n_cong = rate(True)
     hit_rate, hits, n_incong = rate(False)
     nulls = [r for v, r in zip(values, reasons, strict=True) if v is None]
-    return {"false_alarm_rate": fa_rate, "false_alarms": fa, "n_congruent_scored": n_cong,
-            "n_congruent": sum(congruent),
-            "hit_rate": hit_rate, "hits": hits, "n_incongruent_scored": n_incong,
-            "n_incongruent": len(congruent) - sum(congruent),
-            "null_share": len(nulls) / len(values) if values else None, "n_null": len(nulls),
-            "null_reasons": dict(Counter(nulls))}
+    return {
+        "false_alarm_rate": fa_rate,
+        "false_alarms": fa,
+        "n_congruent_scored": n_cong,
+        "n_congruent": sum(congruent),
+        "hit_rate": hit_rate,
+        "hits": hits,
+        "n_incongruent_scored": n_incong,
+        "n_incongruent": len(congruent) - sum(congruent),
+        "null_share": len(nulls) / len(values) if values else None,
+        "n_null": len(nulls),
+        "null_reasons": dict(Counter(nulls)),
+    }
 
 
 def summarise(records: Sequence[Mapping[str, Any]], boundaries: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
@@ -256,45 +314,62 @@ def summarise(records: Sequence[Mapping[str, Any]], boundaries: Sequence[tuple[i
     ref = sum(r["ref_words"] for r in records)
     statement = sum(r["statement_words"] for r in records)
     edges = [e for r in records for e in r["edge_errors_s"]]
-    summary = {"clips": len(records),
-               "boundary": prf(*(sum(b[k] for b in boundaries) for k in range(3))),
-               "wer": sum(r["errors"] for r in records) / ref if ref else None,
-               "words_per_ref_word": sum(r["hyp_words"] for r in records) / statement if statement else None,
-               "word_edge_error_s": float(np.mean(edges)) if edges else None,
-               "voice": voice_summary([r["emotion"] for r in records], [r["voice"] for r in records])}
+    summary = {
+        "clips": len(records),
+        "boundary": prf(*(sum(b[k] for b in boundaries) for k in range(3))),
+        "wer": sum(r["errors"] for r in records) / ref if ref else None,
+        "words_per_ref_word": sum(r["hyp_words"] for r in records) / statement if statement else None,
+        "word_edge_error_s": float(np.mean(edges)) if edges else None,
+        "voice": voice_summary([r["emotion"] for r in records], [r["voice"] for r in records]),
+    }
     if any(r["congruent"] is not None for r in records):
-        summary["dissonance"] = dissonance_summary([bool(r["congruent"]) for r in records],
-                                                   [r["dissonance"] for r in records],
-                                                   [r["dissonance_reason"] for r in records])
+        summary["dissonance"] = dissonance_summary(
+            [bool(r["congruent"]) for r in records],
+            [r["dissonance"] for r in records],
+            [r["dissonance_reason"] for r in records],
+        )
     timed = [r["word_time_error"] for r in records if "word_time_error" in r]
     if timed:
         summary["word_time_error"] = timed[0] if len(timed) == 1 else timed
     return summary
 
 
-def score_run(manifest: Mapping[str, Any], sessions: Sequence[Mapping[str, Any]],
-              utterances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def score_run(
+    manifest: Mapping[str, Any], sessions: Sequence[Mapping[str, Any]], utterances: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     """Scores of a run's tables against the manifest: totals per kind, and per actor."""
     status = {s["session_id"]: s["status"] for s in sessions}
     by_session: dict[str, list[Mapping[str, Any]]] = {}
     for utt in utterances:
         by_session.setdefault(utt["session_id"], []).append(utt)
-    scored = [(s, score_session(s, by_session.get(s["session_id"], []), ok=status.get(s["session_id"]) == "ok"))
-              for s in manifest["sessions"]]
+    scored = [
+        (s, score_session(s, by_session.get(s["session_id"], []), ok=status.get(s["session_id"]) == "ok"))
+        for s in manifest["sessions"]
+    ]
 
     def group(keep) -> dict[str, Any]:
         chosen = [r for s, r in scored if keep(s)]
         summary = summarise([x for r in chosen for x in r["records"]], [r["boundaries"] for r in chosen])
         return summary | {"asr_flags": dict(sum((r["asr_flags"] for r in chosen), Counter()))}
 
-    totals = {kind: group(lambda s, k=kind: s["kind"] == k) for kind in KINDS
-              if any(s["kind"] == kind for s in manifest["sessions"])}
-    per_actor = {str(a): {kind: group(lambda s, k=kind, a=a: s["kind"] == k and s["actor"] == a)
-                          for kind in ("audio", "dubbed")} for a in manifest["actors"]}
+    totals = {
+        kind: group(lambda s, k=kind: s["kind"] == k)
+        for kind in KINDS
+        if any(s["kind"] == kind for s in manifest["sessions"])
+    }
+    per_actor = {
+        str(a): {kind: group(lambda s, k=kind, a=a: s["kind"] == k and s["actor"] == a) for kind in ("audio", "dubbed")}
+        for a in manifest["actors"]
+    }
     not_ok = {sid: st for sid, st in status.items() if st != "ok"}
     missing = [s["session_id"] for s in manifest["sessions"] if s["session_id"] not in status]
-    return {"totals": totals, "per_actor": per_actor, "sessions_not_ok": not_ok, "sessions_missing": missing,
-            "clips": [x for _, r in scored for x in r["records"]]}
+    return {
+        "totals": totals,
+        "per_actor": per_actor,
+        "sessions_not_ok": not_ok,
+        "sessions_missing": missing,
+        "clips": [x for _, r in scored for x in r["records"]],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,51 +384,93 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def _rows(s: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(measure key, label, value) rows of one group's summary, for the markdown table."""
     b, v = s["boundary"], s["voice"]
-    rows = [("boundary_f1", "boundary F1 (P / R)", f"{_fmt(b['f1'])} ({_fmt(b['precision'])} / {_fmt(b['recall'])}; "
-             f"{b['n_utterances']} utt. for {b['n_clips']} clips)"),
-            ("wer", "WER", _fmt(s["wer"])),
-            ("words_per_ref_word", "words per reference word", _fmt(s["words_per_ref_word"])),
-            ("", "word edge error (s)", _fmt(s["word_edge_error_s"])),
-            ("voice_accuracy", "voice accuracy by overlap (scored only; macro-F1)",
-             f"{_fmt(v['accuracy'])} ({_fmt(v['accuracy_scored'])}; {_fmt(v['macro_f1'])}; "
-             f"{v['n_no_value']} of {v['n_clips']} without value)")]
+    rows = [
+        (
+            "boundary_f1",
+            "boundary F1 (P / R)",
+            f"{_fmt(b['f1'])} ({_fmt(b['precision'])} / {_fmt(b['recall'])}; "
+            f"{b['n_utterances']} utt. for {b['n_clips']} clips)",
+        ),
+        ("wer", "WER", _fmt(s["wer"])),
+        ("words_per_ref_word", "words per reference word", _fmt(s["words_per_ref_word"])),
+        ("", "word edge error (s)", _fmt(s["word_edge_error_s"])),
+        (
+            "voice_accuracy",
+            "voice accuracy by overlap (scored only; macro-F1)",
+            f"{_fmt(v['accuracy'])} ({_fmt(v['accuracy_scored'])}; {_fmt(v['macro_f1'])}; "
+            f"{v['n_no_value']} of {v['n_clips']} without value)",
+        ),
+    ]
     if "dissonance" in s:
         d = s["dissonance"]
-        rows += [("dissonance_false_alarm_rate", "dissonance false alarms (congruent)",
-                  f"{_fmt(d['false_alarm_rate'])} ({d['false_alarms']} of {d['n_congruent_scored']})")]
+        rows += [
+            (
+                "dissonance_false_alarm_rate",
+                "dissonance false alarms (congruent)",
+                f"{_fmt(d['false_alarm_rate'])} ({d['false_alarms']} of {d['n_congruent_scored']})",
+            )
+        ]
         if d["n_incongruent"]:
-            rows += [("dissonance_hit_rate", "dissonance hits (incongruent)",
-                      f"{_fmt(d['hit_rate'])} ({d['hits']} of {d['n_incongruent_scored']})")]
+            rows += [
+                (
+                    "dissonance_hit_rate",
+                    "dissonance hits (incongruent)",
+                    f"{_fmt(d['hit_rate'])} ({d['hits']} of {d['n_incongruent_scored']})",
+                )
+            ]
         reasons = ", ".join(f"{k}: {n}" for k, n in sorted(d["null_reasons"].items()))
-        rows += [("dissonance_null_share", "clips without a dissonance value",
-                  f"{_fmt(d['null_share'])} ({d['n_null']} of {s['clips']}{'; ' + reasons if reasons else ''})")]
+        rows += [
+            (
+                "dissonance_null_share",
+                "clips without a dissonance value",
+                f"{_fmt(d['null_share'])} ({d['n_null']} of {s['clips']}{'; ' + reasons if reasons else ''})",
+            )
+        ]
     if s.get("asr_flags"):
-        rows += [("", "ASR flags raised (utterances)", ", ".join(f"{k}: {n}" for k, n in sorted(s["asr_flags"].items())))]
+        rows += [
+            ("", "ASR flags raised (utterances)", ", ".join(f"{k}: {n}" for k, n in sorted(s["asr_flags"].items())))
+        ]
     if isinstance(s.get("word_time_error"), dict):
         w = s["word_time_error"]
-        rows += [("", "word-time error, aligned clip (start / end, s)",
-                  f"{_fmt(w['start_s'], 3)} / {_fmt(w['end_s'], 3)} ({w['n_words']} of {w['n_reference']} words)")]
+        rows += [
+            (
+                "",
+                "word-time error, aligned clip (start / end, s)",
+                f"{_fmt(w['start_s'], 3)} / {_fmt(w['end_s'], 3)} ({w['n_words']} of {w['n_reference']} words)",
+            )
+        ]
     return rows
 
 
-KIND_TITLES = {"audio": "RAVDESS audio sessions (one per actor, clips 1.5 s apart)",
-               "dubbed": "Dubbed videos (GRID face, RAVDESS voice, lip-synced)",
-               "grid": "GRID clips (one session each)"}
+KIND_TITLES = {
+    "audio": "RAVDESS audio sessions (one per actor, clips 1.5 s apart)",
+    "dubbed": "Dubbed videos (GRID face, RAVDESS voice, lip-synced)",
+    "grid": "GRID clips (one session each)",
+}
 
 
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The report as markdown tables: totals per kind with the targets, then voice and dissonance per actor."""
-    lines = [f"# Pipeline accuracy end to end: RAVDESS actors {report['actors_spec']} ({report['split']})", "",
-             f"Measured {report['measured']} on {report['machine']}: `emoguide run` took {report['pipeline_wall_s']} s "
-             f"for {report['media_s']} s of media (Ray start included). Boundary tolerance "
-             f"{report['boundary_tolerance_s']} s; definitions in `pipeline.json` and the README.", ""]
+    lines = [
+        f"# Pipeline accuracy end to end: RAVDESS actors {report['actors_spec']} ({report['split']})",
+        "",
+        f"Measured {report['measured']} on {report['machine']}: `emoguide run` took {report['pipeline_wall_s']} s "
+        f"for {report['media_s']} s of media (Ray start included). Boundary tolerance "
+        f"{report['boundary_tolerance_s']} s; definitions in `pipeline.json` and the README.",
+        "",
+    ]
     if report["sessions_not_ok"] or report["sessions_missing"]:
-        lines += [f"Sessions not ok (their clips count as found nothing): {report['sessions_not_ok']}; "
-                  f"missing from the run: {report['sessions_missing']}.", ""]
+        lines += [
+            f"Sessions not ok (their clips count as found nothing): {report['sessions_not_ok']}; "
+            f"missing from the run: {report['sessions_missing']}.",
+            "",
+        ]
     for kind, s in report["totals"].items():
         lines += [f"## {KIND_TITLES[kind]}", "", "| measure | value | target (13–18) |", "|---|---|---|"]
-        lines += [f"| {label} | {value} | {TARGETS.get(key, '') if kind != 'grid' else ''} |"
-                  for key, label, value in _rows(s)]
+        lines += [
+            f"| {label} | {value} | {TARGETS.get(key, '') if kind != 'grid' else ''} |"
+            for key, label, value in _rows(s)
+        ]
         lines.append("")
     actors = list(report["per_actor"])
     columns = ["boundary F1", "WER", "words/ref", "voice acc.", "dubbed: false alarms", "dubbed: hits", "dubbed: null"]
@@ -361,9 +478,11 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     for a in actors:
         au, du = report["per_actor"][a]["audio"], report["per_actor"][a]["dubbed"]
         d = du.get("dissonance", {})
-        lines.append(f"| {a} | {_fmt(au['boundary']['f1'])} | {_fmt(au['wer'])} | {_fmt(au['words_per_ref_word'])} | "
-                     f"{_fmt(au['voice']['accuracy'])} | {_fmt(d.get('false_alarm_rate'))} | "
-                     f"{_fmt(d.get('hit_rate'))} | {_fmt(d.get('null_share'))} |")
+        lines.append(
+            f"| {a} | {_fmt(au['boundary']['f1'])} | {_fmt(au['wer'])} | {_fmt(au['words_per_ref_word'])} | "
+            f"{_fmt(au['voice']['accuracy'])} | {_fmt(d.get('false_alarm_rate'))} | "
+            f"{_fmt(d.get('hit_rate'))} | {_fmt(d.get('null_share'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -404,14 +523,31 @@ def run_pipeline_cli(inputs: Path, run_dir: Path, config: Path | None) -> tuple[
     ``--force``: the run folder is reused between evaluations, and a changed pipeline under an unchanged
     config would otherwise be resumed, not re-run. Returns the exit code and the tail of its log.
     """
-    command = [sys.executable, "-m", "ray_jobs.cli", "run", str(inputs), "--out", str(run_dir), "--no-generate",
-               "--force", "-q", *(["--config", str(config)] if config else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "ray_jobs.cli",
+        "run",
+        str(inputs),
+        "--out",
+        str(run_dir),
+        "--no-generate",
+        "--force",
+        "-q",
+        *(["--config", str(config)] if config else []),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     return proc.returncode, (proc.stdout + proc.stderr)[-3000:]
 
 
-def evaluate_pipeline(data: Path, actors: list[int], actors_spec: str, work: Path, config: Path | None = None,
-                      max_clips: int | None = None) -> dict[str, Any]:
+def evaluate_pipeline(
+    data: Path,
+    actors: list[int],
+    actors_spec: str,
+    work: Path,
+    config: Path | None = None,
+    max_clips: int | None = None,
+) -> dict[str, Any]:
     """Build the material, run the pipeline on it and score the tables: the full report."""
     import pyarrow.parquet as pq
 
@@ -430,13 +566,21 @@ def evaluate_pipeline(data: Path, actors: list[int], actors_spec: str, work: Pat
         raise RuntimeError(f"emoguide run failed (exit {code}):\n{log}")
     sessions = pq.read_table(run_dir / "sessions.parquet").to_pylist()
     utterances = pq.read_table(run_dir / "utterances.parquet").to_pylist()
-    report = {"measured": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "actors": actors, "actors_spec": actors_spec, "split": split_name(actors),
-              "max_clips": max_clips, "config": str(config) if config else None,
-              "build_s": round(build_s, 1), "pipeline_wall_s": round(wall, 1),
-              "media_s": round(sum(s["duration_s"] or 0.0 for s in sessions), 1),
-              "boundary_tolerance_s": BOUNDARY_TOL_S, "speech_span": manifest["speech_span"],
-              "definitions": __doc__.split("Definitions (also in the report and the README):")[1].strip()}
+    report = {
+        "measured": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "actors": actors,
+        "actors_spec": actors_spec,
+        "split": split_name(actors),
+        "max_clips": max_clips,
+        "config": str(config) if config else None,
+        "build_s": round(build_s, 1),
+        "pipeline_wall_s": round(wall, 1),
+        "media_s": round(sum(s["duration_s"] or 0.0 for s in sessions), 1),
+        "boundary_tolerance_s": BOUNDARY_TOL_S,
+        "speech_span": manifest["speech_span"],
+        "definitions": __doc__.split("Definitions (also in the report and the README):")[1].strip(),
+    }
     return report | score_run(manifest, sessions, utterances)
 
 

@@ -95,12 +95,28 @@ def rating_entries(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         ctx = transcript_context(r["prompt"])
         gen = None if r.get("error") else r.get("generation")
         if gen is not None and str(gen).strip():
-            entries.append({"session_id": sid, "utt_id": uid, "condition": r["condition"], "model": r.get("model"),
-                            "context": ctx, "response": str(gen).strip()})  # fmt: skip
+            entries.append(
+                {
+                    "session_id": sid,
+                    "utt_id": uid,
+                    "condition": r["condition"],
+                    "model": r.get("model"),
+                    "context": ctx,
+                    "response": str(gen).strip(),
+                }
+            )
         if (sid, uid) not in seen and str(r.get("reference") or "").strip():
             seen.add((sid, uid))
-            entries.append({"session_id": sid, "utt_id": uid, "condition": REFERENCE, "model": REFERENCE,
-                            "context": ctx, "response": str(r["reference"]).strip()})  # fmt: skip
+            entries.append(
+                {
+                    "session_id": sid,
+                    "utt_id": uid,
+                    "condition": REFERENCE,
+                    "model": REFERENCE,
+                    "context": ctx,
+                    "response": str(r["reference"]).strip(),
+                }
+            )
     return entries
 
 
@@ -131,8 +147,10 @@ def export_rating_sheet(run_dir: str | Path, out_csv: str | Path, seed: int = 0)
     rng = np.random.default_rng(seed)
     ids = blinded_ids(rng, len(entries))
     order = rng.permutation(len(entries))
-    sheet = [[ids[i], _safe_cell(entries[i]["context"]), _safe_cell(entries[i]["response"]), *[""] * len(CRITERIA), ""]
-             for i in order]  # fmt: skip
+    sheet = [
+        [ids[i], _safe_cell(entries[i]["context"]), _safe_cell(entries[i]["response"]), *[""] * len(CRITERIA), ""]
+        for i in order
+    ]
     key_csv = key_path_for(out_csv)
     _write_csv_atomic(out_csv, SHEET_COLUMNS, sheet)
     write_key(key_csv, ([ids[i], *(entries[i][c] for c in KEY_COLUMNS[1:])] for i in range(len(entries))))
@@ -197,9 +215,15 @@ def import_ratings(
                 errors.append(f"{where}: {len(row[None])} cell(s) more than the header has columns")
             item = str(row.get("item") or "").strip()
             if long_form:
-                cells = [(str(row.get("rater") or "").strip(), str(row.get("criterion") or "").strip(), row.get("score"))]
+                cells = [
+                    (str(row.get("rater") or "").strip(), str(row.get("criterion") or "").strip(), row.get("score"))
+                ]
             else:
-                cells = [(rater.strip(), c, row.get(c)) for c in criteria if c in row and str(row.get(c) or "").strip()]
+                cells = [
+                    ((rater or "").strip(), c, row.get(c))
+                    for c in criteria
+                    if c in row and str(row.get(c) or "").strip()
+                ]
             if not item:
                 errors.append(f"{where}: empty item")
             elif known is not None and item not in known:
@@ -218,7 +242,9 @@ def import_ratings(
                         errors.append(f"{where}: {who} rated {item} on {crit} again (first at row {first_row[k]})")
                         continue
                     first_row[k] = n
-                    out.append({"rater": who, "item": item, "criterion": crit, "score": int(m.group(1)), "source_row": n})
+                    out.append(
+                        {"rater": who, "item": item, "criterion": crit, "score": int(m.group(1)), "source_row": n}
+                    )
     if errors:
         raise RatingsError(path, errors)
     return pa.Table.from_pylist(out, schema=RATINGS)

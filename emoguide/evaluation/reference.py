@@ -40,14 +40,41 @@ REFERENCE_METRICS = pa.schema(
 
 # --------------------------------------------------------------------------------------------------
 _REFLECTION_STEMS = (
-    "it sounds", "sounds like", "that sounds", "it seems", "seems like", "it must", "that must", "it feels like",
-    "so you", "so it", "so that", "so your", "i hear", "what i'm hearing", "what i hear", "i'm hearing",
-    "part of you", "on one hand", "on the one hand",
-)  # fmt: skip
+    "it sounds",
+    "sounds like",
+    "that sounds",
+    "it seems",
+    "seems like",
+    "it must",
+    "that must",
+    "it feels like",
+    "so you",
+    "so it",
+    "so that",
+    "so your",
+    "i hear",
+    "what i'm hearing",
+    "what i hear",
+    "i'm hearing",
+    "part of you",
+    "on one hand",
+    "on the one hand",
+)
 _ABOUT_THE_CLIENT = ("you", "you're", "you've", "your")  # a first word that makes a statement about the client
-_NOT_REFLECTION = ("you should", "you could", "you might want", "you need to", "you can", "you may want",
-                   "you know", "you have to", "you must")  # fmt: skip
-_FILLER = re.compile(r"^(?:[\s\"'“(…-]+|(?:and|but|okay|ok|all right|alright|well|yeah|yes|mm-hmm|mm|hmm|uh|um|right|sure)\b[,.\s]*)+")
+_NOT_REFLECTION = (
+    "you should",
+    "you could",
+    "you might want",
+    "you need to",
+    "you can",
+    "you may want",
+    "you know",
+    "you have to",
+    "you must",
+)
+_FILLER = re.compile(
+    r"^(?:[\s\"'“(…-]+|(?:and|but|okay|ok|all right|alright|well|yeah|yes|mm-hmm|mm|hmm|uh|um|right|sure)\b[,.\s]*)+"
+)
 _SENTENCE = re.compile(r"[^.!?]+[.!?]*")
 
 
@@ -60,8 +87,8 @@ def reply_form(text: str | None) -> str | None:
        "I hear", "part of you", "on one hand", or "you"/"your" (a statement about the client), except
        advice and asides: "you should/could/can/need to/have to/must/might want/may want", "you know";
     3. other: everything else (information, advice, affirmations, greetings).
-    These are surface rules, not MI coding; :func:`emoguide.evaluation.annomi.evaluate_judge` reports their agreement with AnnoMI's
-    expert codes (``form_rules``).
+    These are surface rules, not MI coding; :func:`emoguide.evaluation.annomi.evaluate_judge` reports their agreement
+    with AnnoMI's expert codes (``form_rules``).
     """
     if text is None or not str(text).strip():
         return None
@@ -163,10 +190,16 @@ def reference_metrics(run_dir: Path, embedder: MiniLMEmbedder | None = None) -> 
         ref = r.get("reference") or ""
         gen = None if r.get("error") else r.get("generation")
         row: dict[str, Any] = {
-            "session_id": key[0], "utt_id": key[1], "condition": r["condition"], "model": r.get("model"),
-            "n_words": n_words(gen), "n_words_reference": n_words(ref),
-            "form": reply_form(gen), "form_reference": reply_form(ref), "embedding_model": embedder.name,
-        }  # fmt: skip
+            "session_id": key[0],
+            "utt_id": key[1],
+            "condition": r["condition"],
+            "model": r.get("model"),
+            "n_words": n_words(gen),
+            "n_words_reference": n_words(ref),
+            "form": reply_form(gen),
+            "form_reference": reply_form(ref),
+            "embedding_model": embedder.name,
+        }
         if gen and str(gen).strip() and ref.strip():
             row["rouge_l_f"], row["rouge_l_p"], row["rouge_l_r"] = rouge_l(str(gen), ref)
             pairs.append((len(out), str(gen), ref))
@@ -174,14 +207,22 @@ def reference_metrics(run_dir: Path, embedder: MiniLMEmbedder | None = None) -> 
         if key not in seen:
             seen.add(key)
             out.append(
-                {"session_id": key[0], "utt_id": key[1], "condition": REFERENCE, "model": REFERENCE,
-                 "n_words": n_words(ref), "n_words_reference": n_words(ref), "form": reply_form(ref),
-                 "form_reference": reply_form(ref), "embedding_model": embedder.name}
-            )  # fmt: skip
+                {
+                    "session_id": key[0],
+                    "utt_id": key[1],
+                    "condition": REFERENCE,
+                    "model": REFERENCE,
+                    "n_words": n_words(ref),
+                    "n_words_reference": n_words(ref),
+                    "form": reply_form(ref),
+                    "form_reference": reply_form(ref),
+                    "embedding_model": embedder.name,
+                }
+            )
     if pairs:
         gen_vecs = embedder.encode([g for _, g, _ in pairs])
         ref_vecs = embedder.encode([r for _, _, r in pairs])
-        for (i, _, _), cos in zip(pairs, (gen_vecs * ref_vecs).sum(axis=1)):
+        for (i, _, _), cos in zip(pairs, (gen_vecs * ref_vecs).sum(axis=1), strict=True):
             out[i]["embedding_cosine"] = float(cos)
     table = to_table(out, REFERENCE_METRICS)
     write_atomic(table, run_dir / "reference_metrics.parquet")

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -125,17 +125,9 @@ def load_template(template: str = DEFAULT_TEMPLATE) -> Template:
         sha256=hashlib.sha256(raw).hexdigest()[:16],
     )
     if path.parent == TEMPLATE_DIR and path.stem != tpl.id:
-        raise ValueError(
-            f"{path}: file name must be {tpl.id}.yaml (its name and version)"
-        )
-    if (
-        "{transcript}" not in tpl.user
-        or "{cues}" not in tpl.user
-        or "{cues}" not in tpl.cue_block
-    ):
-        raise ValueError(
-            f"{path}: user needs {{transcript}} and {{cues}}; cue_block needs {{cues}}"
-        )
+        raise ValueError(f"{path}: file name must be {tpl.id}.yaml (its name and version)")
+    if "{transcript}" not in tpl.user or "{cues}" not in tpl.user or "{cues}" not in tpl.cue_block:
+        raise ValueError(f"{path}: user needs {{transcript}} and {{cues}}; cue_block needs {{cues}}")
     return tpl
 
 
@@ -185,7 +177,7 @@ def _qualifier(p: float) -> str:
 
 def describe_probs(probs: Sequence[float]) -> str:
     """``mostly neutral (62%), some sadness (21%)``: top labels with intensity words, no raw arrays."""
-    ranked = sorted(zip(LABELS, probs), key=lambda kv: -kv[1])
+    ranked = sorted(zip(LABELS, probs, strict=True), key=lambda kv: -kv[1])
     shown = [(k, p) for k, p in ranked[:_MAX_SHOWN] if p >= _MIN_SHOWN] or ranked[:1]
     return ", ".join(f"{_qualifier(p)} {k} ({round(100 * p)}%)" for k, p in shown)
 
@@ -253,9 +245,7 @@ def describe_dissonance(flag: Any, score: Any, label: Any, reason: Any = None) -
 def render_cues(turn: Mapping[str, Any], condition: str) -> tuple[str, dict[str, bool]]:
     """The cue lines of a turn for a condition ('' for ``text``) and which channels were available."""
     if condition not in CONDITIONS:
-        raise ValueError(
-            f"unknown condition {condition!r}; expected one of {CONDITIONS}"
-        )
+        raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
     avail = {}
     lines = []
     for ch in ("face", "voice"):
@@ -292,12 +282,15 @@ def _weighted_mean(values: list[tuple[list[float] | float, float]]) -> Any:
         values, total = [(x, 1.0) for x, _ in values], float(len(values))
     first = values[0][0]
     if isinstance(first, list):
-        return [sum(x[i] * w for x, w in values) / total for i in range(len(first))]
-    return sum(x * w for x, w in values) / total
+        vectors = cast(list[tuple[list[float], float]], values)
+        return [sum(x[i] * w for x, w in vectors) / total for i in range(len(first))]
+    scalars = cast(list[tuple[float, float]], values)
+    return sum(x * w for x, w in scalars) / total
 
 
 def _role(u: Mapping[str, Any]) -> str:
-    return u.get("role") if u.get("role") in ROLE_NAMES else "unknown"
+    role = u.get("role")
+    return str(role) if role in ROLE_NAMES else "unknown"
 
 
 def _role_runs(utterances: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
@@ -319,7 +312,7 @@ def _channel_readings(g: Sequence[Mapping[str, Any]], ch: str) -> dict[str, Any]
     """A channel's probabilities, valence and arousal over a turn, weighted by utterance duration; readings
     of speech unlike the voice model's training data are left out (and flagged when they were all there is)."""
     weights = [max((_num(u.get("end_s")) or 0.0) - (_num(u.get("start_s")) or 0.0), 0.0) for u in g]
-    usable = [(u, w) for u, w in zip(g, weights) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
+    usable = [(u, w) for u, w in zip(g, weights, strict=True) if u.get(f"{ch}_confidence") != OUT_OF_DOMAIN_CONFIDENCE]
     out: dict[str, Any] = {
         f"{ch}_out_of_domain": not usable and any(_probs(u.get(f"{ch}_probs")) for u in g),
         f"{ch}_probs": _weighted_mean([(p, w) for u, w in usable if (p := _probs(u.get(f"{ch}_probs")))]),
@@ -334,20 +327,29 @@ def _turn_dissonance(g: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A turn is dissonant when any utterance is (label and score of the strongest); not dissonant when some
     were measured and none is; unmeasured otherwise, with the most common reason."""
     measured = [
-        u for u in g
-        if u.get("dissonance") is not None and not (isinstance(u.get("dissonance"), float) and math.isnan(u["dissonance"]))
-    ]  # fmt: skip
+        u
+        for u in g
+        if u.get("dissonance") is not None
+        and not (isinstance(u.get("dissonance"), float) and math.isnan(u["dissonance"]))
+    ]
     dissonant = [u for u in measured if bool(u["dissonance"])]
     if dissonant:
         top = max(dissonant, key=lambda u: _num(u.get("dissonance_score")) or 0.0)
-        return {"dissonance": True, "dissonance_score": _num(top.get("dissonance_score")),
-                "dissonance_label": top.get("dissonance_label")}
+        return {
+            "dissonance": True,
+            "dissonance_score": _num(top.get("dissonance_score")),
+            "dissonance_label": top.get("dissonance_label"),
+        }
     if measured:
         scores = [s for u in measured if (s := _num(u.get("dissonance_score"))) is not None]
         return {"dissonance": False, "dissonance_score": max(scores) if scores else None, "dissonance_label": None}
     reasons = Counter(u.get("dissonance_reason") for u in g if u.get("dissonance_reason"))
-    return {"dissonance": None, "dissonance_score": None, "dissonance_label": None,
-            "dissonance_reason": reasons.most_common(1)[0][0] if reasons else None}
+    return {
+        "dissonance": None,
+        "dissonance_score": None,
+        "dissonance_label": None,
+        "dissonance_reason": reasons.most_common(1)[0][0] if reasons else None,
+    }
 
 
 def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -370,18 +372,11 @@ def merge_turns(utterances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 def _clip(text: str, max_chars: int | None) -> str:
     if max_chars is None or len(text) <= max_chars:
         return text
-    return (
-        "… " + text[-max_chars:].lstrip()
-    )  # the end of a long turn is what the next speaker answers
+    return "… " + text[-max_chars:].lstrip()  # the end of a long turn is what the next speaker answers
 
 
-def render_transcript(
-    turns: Sequence[Mapping[str, Any]], max_turn_chars: int | None = None
-) -> str:
-    return "\n".join(
-        f"{ROLE_NAMES[t['role']]}: {neutralise(_clip(t['text'], max_turn_chars))}"
-        for t in turns
-    )
+def render_transcript(turns: Sequence[Mapping[str, Any]], max_turn_chars: int | None = None) -> str:
+    return "\n".join(f"{ROLE_NAMES[t['role']]}: {neutralise(_clip(t['text'], max_turn_chars))}" for t in turns)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,9 +400,7 @@ def render_messages(
         template.user,
         {"transcript": render_transcript(context, max_turn_chars), "cues": cue_block},
     )
-    user = re.sub(
-        r"\n{3,}", "\n\n", user.replace(f"{TRANSCRIPT_END}\n\n", f"{TRANSCRIPT_END}\n")
-    ).strip()
+    user = re.sub(r"\n{3,}", "\n\n", user.replace(f"{TRANSCRIPT_END}\n\n", f"{TRANSCRIPT_END}\n")).strip()
     return (
         [
             {"role": "system", "content": template.system},
@@ -458,9 +451,7 @@ def build_prompts(
                 continue
             context = turns[max(0, i + 1 - context_turns) : i + 1]
             for condition in conditions:
-                messages, cues, avail = render_messages(
-                    context, condition, tpl, max_turn_chars
-                )
+                messages, cues, avail = render_messages(context, condition, tpl, max_turn_chars)
                 rows.append(
                     {
                         "session_id": session_id,

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import pyarrow.parquet as pq
@@ -104,9 +104,7 @@ def top_label(probs: Sequence[float] | None) -> str | None:
 def abbrev(criterion: str | None) -> str:
     """A judge criterion's column header in a card: E, C, A (the full name is the tooltip and the key)."""
     text = str(criterion)
-    return {"empathy": "E", "comprehensiveness": "C", "applicability": "A"}.get(
-        text, text[:3]
-    )
+    return {"empathy": "E", "comprehensiveness": "C", "applicability": "A"}.get(text, text[:3])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,7 +123,7 @@ def _read(path: Path, exclude: Iterable[str] = ()) -> list[dict[str, Any]] | Non
 def _by_session(rows: list[dict[str, Any]] | None) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows or []:
-        grouped.setdefault(row.get("session_id"), []).append(row)
+        grouped.setdefault(cast(str, row.get("session_id")), []).append(row)
     return grouped
 
 
@@ -198,8 +196,9 @@ def _plot_channels(ax: Any, points: Sequence[_Point], dim: str, marker_size: int
         line.set_gid(f"{channel}-{dim}-line")
         keep = [i for i, y in enumerate(ys) if y is not None]
         if keep:
-            dots = ax.scatter([mids[i] for i in keep], [ys[i] for i in keep], s=marker_size, color=color,
-                              marker=marker, zorder=4)
+            dots = ax.scatter(
+                [mids[i] for i in keep], [ys[i] for i in keep], s=marker_size, color=color, marker=marker, zorder=4
+            )
             dots.set_urls([urls[i] for i in keep])
             dots.set_gid(f"{channel}-{dim}-points")
 
@@ -237,9 +236,7 @@ def _legend(ax: Any) -> None:
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False, borderaxespad=0.2)
 
 
-def timeline_svg(
-    utts: Sequence[Mapping[str, Any]], duration_s: float | None = None
-) -> str | None:
+def timeline_svg(utts: Sequence[Mapping[str, Any]], duration_s: float | None = None) -> str | None:
     """Face/voice valence (top) and arousal (bottom) over time as an SVG string; None if nothing to plot.
 
     Dissonant utterances are shaded (group ids ``dissonant-<k>-valence`` / ``-arousal``); spans and points
@@ -273,16 +270,13 @@ def _inline_svg(svg: str, width_in: float, t_end: float) -> str:
     responsive width (scrolls horizontally below its natural width when the session is long). The x axis
     runs from 0 to ``data-t-end`` seconds across the ``axes-*`` patches."""
     svg = svg[svg.index("<svg") :]
-    svg = svg.replace(
-        ' target="_blank"', ""
-    )  # matplotlib opens every link in a new window
+    svg = svg.replace(' target="_blank"', "")  # matplotlib opens every link in a new window
     head_end = svg.index(">")
     head = re.sub(r'\s(width|height)="[^"]*"', "", svg[:head_end])
-    min_px = int(
-        width_in * 96 * 0.95
-    )  # about natural size (96 px per inch): never squeezed illegible
-    head += (f' width="100%" style="min-width: {min_px}px" role="img" aria-label="emotion timeline"'
-             f' data-t-end="{t_end:.3f}"')
+    min_px = int(width_in * 96 * 0.95)  # about natural size (96 px per inch): never squeezed illegible
+    head += (
+        f' width="100%" style="min-width: {min_px}px" role="img" aria-label="emotion timeline" data-t-end="{t_end:.3f}"'
+    )
     return head + svg[head_end:]
 
 
@@ -321,10 +315,7 @@ def _prompt_text(prompt: Any) -> str | None:
     except (TypeError, ValueError, KeyError):
         text = str(prompt)
     if len(text) > MAX_PROMPT_CHARS:
-        text = (
-            f"… ({len(text) - MAX_PROMPT_CHARS} characters omitted)\n"
-            + text[-MAX_PROMPT_CHARS:]
-        )
+        text = f"… ({len(text) - MAX_PROMPT_CHARS} characters omitted)\n" + text[-MAX_PROMPT_CHARS:]
     return text
 
 
@@ -341,14 +332,10 @@ def _compact(value: Any) -> str | None:
 
 def _order(values: Iterable[str], canonical: Sequence[str]) -> list[str]:
     seen = list(dict.fromkeys(v for v in values if v is not None))
-    return [c for c in canonical if c in seen] + sorted(
-        v for v in seen if v not in canonical
-    )
+    return [c for c in canonical if c in seen] + sorted(v for v in seen if v not in canonical)
 
 
-def _judge_index(
-    judgements: list[dict[str, Any]], keys: Sequence[str]
-) -> dict[tuple, list[dict[str, Any]]]:
+def _judge_index(judgements: list[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
     index: dict[tuple, list[dict[str, Any]]] = {}
     for j in judgements:
         index.setdefault(tuple(j.get(k) for k in keys), []).append(j)
@@ -359,15 +346,13 @@ def _score_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Judgements of one generation as {criteria, judges, cells[judge][criterion] = (score, rationale)}."""
     if not rows:
         return None
-    criteria = _order((r.get("criterion") for r in rows), CRITERIA)
+    criteria = _order((cast(str, r.get("criterion")) for r in rows), CRITERIA)
     judges = list(dict.fromkeys(str(r.get("judge")) for r in rows))
     cells: dict[str, dict[str, dict[str, Any]]] = {j: {} for j in judges}
     for r in rows:
         score = _finite(r.get("score"))
-        cells[str(r.get("judge"))][r.get("criterion")] = {
-            "score": None
-            if score is None
-            else (int(score) if score == int(score) else round(score, 2)),
+        cells[str(r.get("judge"))][cast(str, r.get("criterion"))] = {
+            "score": None if score is None else (int(score) if score == int(score) else round(score, 2)),
             "rationale": r.get("rationale"),
         }
     return {"criteria": criteria, "judges": judges, "cells": cells}
@@ -380,7 +365,9 @@ def _join_keys(interventions: list[dict[str, Any]], judgements: list[dict[str, A
 
 
 def _new_turn(
-    row: dict[str, Any], by_utt: Mapping[Any, dict[str, Any]], ridx: Mapping[tuple, list[dict[str, Any]]],
+    row: dict[str, Any],
+    by_utt: Mapping[Any, dict[str, Any]],
+    ridx: Mapping[tuple, list[dict[str, Any]]],
     ref_keys: Sequence[str],
 ) -> dict[str, Any]:
     """The block of one client turn (the utterances merged into it), with the reference reply's scores."""
@@ -442,7 +429,7 @@ def _judge_summary(
         cond = j.get("condition") if "condition" in j else cond_of.get(tuple(j.get(k) for k in keys))
         score = _finite(j.get("score"))
         if cond is not None and score is not None:
-            agg.setdefault((cond, j.get("criterion")), []).append(score)
+            agg.setdefault((cond, cast(str, j.get("criterion"))), []).append(score)
     if not agg:
         return None
     conds = _order((c for c, _ in agg), CONDITIONS + REFERENCE_CONDITIONS)
@@ -486,9 +473,7 @@ def _interventions_view(
     return _turn_blocks(turns), summary, list(configs.values())
 
 
-def _utterance_rows(
-    utts: list[dict[str, Any]], with_interventions: set
-) -> list[dict[str, Any]]:
+def _utterance_rows(utts: list[dict[str, Any]], with_interventions: set) -> list[dict[str, Any]]:
     rows = []
     for u in utts:
         diss = u.get("dissonance")
@@ -544,9 +529,7 @@ def session_context(
             }
         )
     models, models_raw = _models(session.get("models"))
-    blocks, judge_summary, configs = _interventions_view(
-        utts, interventions or [], judgements
-    )
+    blocks, judge_summary, configs = _interventions_view(utts, interventions or [], judgements)
     n_diss = sum(1 for u in utts if u.get("dissonance"))
     return {
         "s": session,
@@ -581,9 +564,7 @@ def template_env(*search: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(
-        abbrev=abbrev, time=fmt_time, duration=fmt_duration, pct=fmt_pct, num=fmt_num
-    )
+    env.filters.update(abbrev=abbrev, time=fmt_time, duration=fmt_duration, pct=fmt_pct, num=fmt_num)
     env.globals["csp"] = Markup(CSP)  # a constant of ours: its quotes stay quotes
     env.globals["css"] = Markup((ASSETS / "report.css").read_text(encoding="utf-8"))
     return env
@@ -630,7 +611,7 @@ class RunTables:
 
     def session_page(self, session: dict[str, Any]) -> dict[str, Any]:
         """:func:`session_context` of one of this run's sessions."""
-        sid = session.get("session_id")
+        sid = cast(str, session.get("session_id"))  # the contract: a non-null string
         return session_context(
             session,
             self.utterances.get(sid, []),
@@ -654,9 +635,7 @@ def read_run(run_dir: Path) -> RunTables:
     )
 
 
-def build_report(
-    run_dir: Path, session_id: str | None = None, out: Path | None = None
-) -> list[Path]:
+def build_report(run_dir: Path, session_id: str | None = None, out: Path | None = None) -> list[Path]:
     """Write the run's HTML report and return the written paths (session pages first, index.html last).
 
     ``out`` defaults to ``run_dir / "report"`` (created owner-only). With ``session_id`` only that
@@ -669,12 +648,10 @@ def build_report(
     interventions_rows, judgements_rows = run.interventions_rows, run.judgements_rows
     interventions, judgements = run.interventions, run.judgements
 
-    ids = [s.get("session_id") for s in sessions]
+    ids = [cast(str, s.get("session_id")) for s in sessions]
     if session_id is not None and session_id not in ids:
         known = ", ".join(map(str, ids[:20])) + (" …" if len(ids) > 20 else "")
-        raise ReportError(
-            f"session {session_id!r} is not in {run_dir / 'sessions.parquet'} (sessions: {known})"
-        )
+        raise ReportError(f"session {session_id!r} is not in {run_dir / 'sessions.parquet'} (sessions: {known})")
     out = Path(out) if out is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     names = page_names(ids)
@@ -682,18 +659,16 @@ def build_report(
 
     written = []
     for s in sessions:
-        sid = s.get("session_id")
+        sid = cast(str, s.get("session_id"))
         if session_id is not None and sid != session_id:
             continue
         ctx = run.session_page(s)
-        html = env.get_template("session.html.j2").render(
-            **ctx, index_href="index.html"
-        )
+        html = env.get_template("session.html.j2").render(**ctx, index_href="index.html")
         written.append(_write_text(out / names[sid], html))
 
     rows = []
     for s in sessions:
-        sid = s.get("session_id")
+        sid = cast(str, s.get("session_id"))
         page = out / names[sid]
         rows.append(
             {
@@ -703,19 +678,14 @@ def build_report(
                 "n_judgements": len(judgements.get(sid, [])),
             }
         )
-    counts = {
-        st: sum(1 for s in sessions if s.get("status") == st)
-        for st in ("ok", "partial", "failed")
-    }
+    counts = {st: sum(1 for s in sessions if s.get("status") == st) for st in ("ok", "partial", "failed")}
     html = env.get_template("index.html.j2").render(
         rows=rows,
         run_name=run_dir.resolve().name,
         counts=counts,
         has_interventions_table=interventions_rows is not None,
         has_judgements_table=judgements_rows is not None,
-        config_hashes=sorted(
-            {s.get("config_hash") for s in sessions if s.get("config_hash")}
-        ),
+        config_hashes=sorted({s.get("config_hash") for s in sessions if s.get("config_hash")}),
     )
     written.append(_write_text(out / "index.html", html))
     return written

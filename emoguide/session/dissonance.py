@@ -48,13 +48,18 @@ def _present(*values: Any) -> bool:
     return all(v is not None and np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in values)
 
 
-def utterance_dissonance(utt: Mapping[str, Any], threshold: float = DEFAULT_THRESHOLD,
-                         min_face_confidence: float = 0.0, min_voice_confidence: float = 0.0) -> Dissonance:
+def utterance_dissonance(
+    utt: Mapping[str, Any],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_face_confidence: float = 0.0,
+    min_voice_confidence: float = 0.0,
+) -> Dissonance:
     """Dissonance of one utterance from its face_* and voice_* columns."""
     fv, fa, vv, va = (utt.get(k) for k in ("face_valence", "face_arousal", "voice_valence", "voice_arousal"))
     unusable = _unusable(utt, min_face_confidence, min_voice_confidence)
     if unusable:
         return Dissonance(None, None, None, unusable)
+    assert fv is not None and fa is not None and vv is not None and va is not None  # _unusable checked them
     gap = max(abs(fv - vv), abs(fa - va))
     score = None
     fp, vp = utt.get("face_probs"), utt.get("voice_probs")
@@ -78,16 +83,23 @@ def _unusable(utt: Mapping[str, Any], min_face_confidence: float, min_voice_conf
     return None
 
 
-def annotate(utterances: Sequence[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD,
-             min_face_confidence: float = 0.0, min_voice_confidence: float = 0.0) -> None:
+def annotate(
+    utterances: Sequence[dict[str, Any]],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_face_confidence: float = 0.0,
+    min_voice_confidence: float = 0.0,
+) -> None:
     """Set dissonance, dissonance_score and dissonance_label on every utterance that is not the therapist's.
 
     The paper's cue is about the client; the therapist's utterances keep nulls. While roles are unknown
     (a single speaker, or low-confidence role assignment) every utterance with both channels is scored.
     """
     for utt in utterances:
-        result = (Dissonance(None, None, None, "therapist") if utt.get("role") == "therapist"
-                  else utterance_dissonance(utt, threshold, min_face_confidence, min_voice_confidence))
+        result = (
+            Dissonance(None, None, None, "therapist")
+            if utt.get("role") == "therapist"
+            else utterance_dissonance(utt, threshold, min_face_confidence, min_voice_confidence)
+        )
         utt["dissonance"], utt["dissonance_score"] = result.dissonant, result.score
         utt["dissonance_label"], utt["dissonance_reason"] = result.label, result.reason
 
@@ -96,8 +108,12 @@ def session_summary(utterances: Sequence[Mapping[str, Any]], top_k: int = 3) -> 
     """Dissonance rate over scored utterances, the longest dissonant stretch and the top moments."""
     scored = [u for u in utterances if u.get("dissonance") is not None]
     if not scored:
-        return {"dissonance_rate": None, "dissonance_longest_run": None, "dissonance_longest_run_s": None,
-                "dissonance_top": []}
+        return {
+            "dissonance_rate": None,
+            "dissonance_longest_run": None,
+            "dissonance_longest_run_s": None,
+            "dissonance_top": [],
+        }
     longest, run, best_span, start = 0, 0, 0.0, 0.0
     for u in scored:  # consecutive in the client's own turns
         if u["dissonance"]:
@@ -113,8 +129,13 @@ def session_summary(utterances: Sequence[Mapping[str, Any]], top_k: int = 3) -> 
         "dissonance_longest_run": longest,
         "dissonance_longest_run_s": best_span,
         "dissonance_top": [
-            {"utt_id": u["utt_id"], "start_s": u["start_s"], "end_s": u["end_s"],
-             "score": u.get("dissonance_score"), "label": u["dissonance_label"]}
+            {
+                "utt_id": u["utt_id"],
+                "start_s": u["start_s"],
+                "end_s": u["end_s"],
+                "score": u.get("dissonance_score"),
+                "label": u["dissonance_label"],
+            }
             for u in dissonant[:top_k]
         ],
     }

@@ -65,15 +65,23 @@ class FaceAttribution:
     def record(self) -> str:
         """JSON for ``sessions.face_attribution``: the people seen (frames, mean box), which speaker each is,
         how that was decided, and the synchrony measured."""
-        return json.dumps({
-            "people": [{"person": p, "frames": n, "box": [round(v, 3) for v in box]}
-                       for p, (n, box) in enumerate(self.where)],
-            "speakers": {
-                s: {"person": self.speaker_person.get(s), "method": self.method.get(s),
-                    "sync": {str(p): round(r, 3) for p, r in sorted(self.sync.get(s, {}).items())}}
-                for s in sorted(set(self.sync) | set(self.speaker_person))
+        return json.dumps(
+            {
+                "people": [
+                    {"person": p, "frames": n, "box": [round(v, 3) for v in box]}
+                    for p, (n, box) in enumerate(self.where)
+                ],
+                "speakers": {
+                    s: {
+                        "person": self.speaker_person.get(s),
+                        "method": self.method.get(s),
+                        "sync": {str(p): round(r, 3) for p, r in sorted(self.sync.get(s, {}).items())},
+                    }
+                    for s in sorted(set(self.sync) | set(self.speaker_person))
+                },
             },
-        }, sort_keys=True)
+            sort_keys=True,
+        )
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,7 +150,9 @@ def speech_spans(words: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float,
     spans: dict[str, list[tuple[float, float]]] = {}
     for w in words:
         if w.get("speaker") is not None:
-            spans.setdefault(w["speaker"], []).append((float(w["start"]) - SPEECH_PAD_S, float(w["end"]) + SPEECH_PAD_S))
+            spans.setdefault(w["speaker"], []).append(
+                (float(w["start"]) - SPEECH_PAD_S, float(w["end"]) + SPEECH_PAD_S)
+            )
     return spans
 
 

@@ -31,10 +31,42 @@ _NUMBER_WORDS = (
 ).split()
 _NUMBER = re.compile(r"\b\d+(?:[.,:/]\d+)*(?:st|nd|rd|th|s)?\b|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 _KEEP = {
-    "I", "I'm", "I've", "I'll", "I'd", "OK", "Okay", "Mr", "Mrs", "Ms", "Dr",
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December", "God", "English", "Christmas", "Easter", "TV", "Internet",
+    "I",
+    "I'm",
+    "I've",
+    "I'll",
+    "I'd",
+    "OK",
+    "Okay",
+    "Mr",
+    "Mrs",
+    "Ms",
+    "Dr",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+    "God",
+    "English",
+    "Christmas",
+    "Easter",
+    "TV",
+    "Internet",
 }
 _WORD = re.compile(r"[A-Z][\w'’-]*")
 _SENTENCE_END = re.compile(r"[.!?]\s*$")
@@ -49,12 +81,12 @@ def redact(text: str) -> str:
     out: list[str] = []
     last = 0
     for match in _WORD.finditer(text):
-        before = text[:match.start()]
+        before = text[: match.start()]
         sentence_start = not before.strip() or bool(_SENTENCE_END.search(before)) or before.rstrip().endswith("[")
         word = match.group(0)
         if sentence_start or word in _KEEP or word.rstrip("'’s") in _KEEP:
             continue
-        out.append(text[last:match.start()])
+        out.append(text[last : match.start()])
         out.append("[NAME]")
         last = match.end()
     out.append(text[last:])

@@ -75,7 +75,9 @@ def _speaker_windows(chunks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarr
     embeddings = [np.asarray(c["speaker_embeddings"], np.float32) for c in chunks if "speaker_embeddings" in c]
     if not windows or not sum(len(w) for w in windows):
         return np.zeros((0, 2)), np.zeros((0, 1), np.float32)
-    return np.concatenate(windows), np.concatenate([e.reshape(len(w), -1) for w, e in zip(windows, embeddings)])
+    return np.concatenate(windows), np.concatenate(
+        [e.reshape(len(w), -1) for w, e in zip(windows, embeddings, strict=True)]
+    )
 
 
 def diarize(
@@ -154,8 +156,7 @@ def _stack(pooled: list[np.ndarray | None]) -> np.ndarray:
     return out
 
 
-def _voice_columns(probs: np.ndarray, valence: float, arousal: float, out_of_domain: bool = False
-                   ) -> dict[str, Any]:
+def _voice_columns(probs: np.ndarray, valence: float, arousal: float, out_of_domain: bool = False) -> dict[str, Any]:
     """Voice columns of one utterance; NaN (no usable speech) becomes null, never a guess. Speech out
     of the model's domain gets confidence 0: its probabilities are kept, but dissonance leaves it out."""
     probs = np.asarray(probs, dtype=np.float32)
@@ -165,7 +166,8 @@ def _voice_columns(probs: np.ndarray, valence: float, arousal: float, out_of_dom
         "voice_valence": float(valence) if np.isfinite(valence) else None,
         "voice_arousal": float(arousal) if np.isfinite(arousal) else None,
         "voice_confidence": (dissonance.OUT_OF_DOMAIN_CONFIDENCE if out_of_domain else float(confidence(probs)))
-        if known else None,
+        if known
+        else None,
     }
 
 
@@ -174,12 +176,17 @@ def session_faces(chunks: list[dict[str, Any]], max_faces: int) -> tuple[np.ndar
     usable = [c for c in chunks if c.get("face_count") is not None]
     if not usable:
         return np.zeros(0), AllFaces.empty(0, max_faces)
-    parts = {name: np.concatenate([np.asarray(c[f"face_{name}"]) for c in usable]) for name in AllFaces.__dataclass_fields__}
+    parts = {
+        name: np.concatenate([np.asarray(c[f"face_{name}"]) for c in usable]) for name in AllFaces.__dataclass_fields__
+    }
     return np.concatenate([np.asarray(c["frame_times"], np.float64) for c in usable]), AllFaces(**parts)
 
 
 def face_columns(
-    utterances: list[dict[str, Any]], frame_times: np.ndarray, faces: AllFaces, who: FaceAttribution,
+    utterances: list[dict[str, Any]],
+    frame_times: np.ndarray,
+    faces: AllFaces,
+    who: FaceAttribution,
     client: str | None,
 ) -> None:
     """Set each utterance's face columns from the client's face, or from its own speaker's face where the

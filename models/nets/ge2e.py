@@ -18,7 +18,7 @@ from torch import nn
 from models.audio import SAMPLE_RATE
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale (librosa ``htk=False``)."""
     f = np.asarray(f, dtype=np.float64)
     f_sp = 200.0 / 3
@@ -54,7 +54,6 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = 400, n_mels: int = 40) ->
     return weights.astype(np.float32)
 
 
-
 class GE2E(nn.Module):
     """Resemblyzer's VoiceEncoder network (same parameter names as its checkpoint)."""
 
@@ -68,4 +67,3 @@ class GE2E(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(mels, lengths, batch_first=True, enforce_sorted=False)
         _, (hidden, _) = self.lstm(packed)
         return self.relu(self.linear(hidden[-1]))
-

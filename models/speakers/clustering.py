@@ -67,7 +67,9 @@ def cluster_speakers(
         return labels
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     tree = linkage(x, method="average", metric="cosine")
-    cut = lambda k: fcluster(tree, t=k, criterion="maxclust") - 1
+
+    def cut(k: int) -> np.ndarray:
+        return fcluster(tree, t=k, criterion="maxclust") - 1
 
     if num_speakers is not None:
         lab = cut(int(min(max(num_speakers, 1), n)))
@@ -153,8 +155,8 @@ def assign_words(
             raw.append(tied[0])
         else:
             gap = np.maximum(wt[:, 0] - e, 0) + np.maximum(s - wt[:, 1], 0)
-            j = int(np.argmin(gap))
-            raw.append(int(lab[j]) if gap[j] <= max_distance_s else -1)
+            nearest = int(np.argmin(gap))
+            raw.append(int(lab[nearest]) if gap[nearest] <= max_distance_s else -1)
     renamed = _relabel_first_appearance(np.asarray(raw, dtype=int))
     return [f"S{r}" if r >= 0 else None for r in renamed]
 
@@ -178,7 +180,9 @@ def speaker_turns(
     for w, name in zip(words, speakers, strict=True):
         if name is None or not len(wt):
             continue
-        overlap = np.minimum(wt[:, 1], float(word_value(w, "end"))) - np.maximum(wt[:, 0], float(word_value(w, "start")))
+        overlap = np.minimum(wt[:, 1], float(word_value(w, "end"))) - np.maximum(
+            wt[:, 0], float(word_value(w, "start"))
+        )
         for j in np.flatnonzero((overlap > 0) & (lab >= 0)):
             votes[(int(lab[j]), name)] = votes.get((int(lab[j]), name), 0.0) + float(overlap[j])
     names: dict[int, str] = {}
@@ -215,8 +219,16 @@ def split_by_speaker(segment: Mapping) -> list[dict]:
     words = list(segment.get("words") or [])
     base = {k: v for k, v in segment.items() if k not in ("words", "start", "end", "text", "speaker")}
     if not words:
-        return [{**base, "start": segment.get("start"), "end": segment.get("end"),
-                 "text": (segment.get("text") or "").strip(), "speaker": segment.get("speaker"), "words": []}]
+        return [
+            {
+                **base,
+                "start": segment.get("start"),
+                "end": segment.get("end"),
+                "text": (segment.get("text") or "").strip(),
+                "speaker": segment.get("speaker"),
+                "words": [],
+            }
+        ]
     groups: list[list[Mapping]] = []
     speakers: list[str | None] = []
     for w in words:
@@ -229,10 +241,18 @@ def split_by_speaker(segment: Mapping) -> list[dict]:
             groups.append([w])
             speakers.append(spk)
     out = []
-    for grp, spk in zip(groups, speakers):
+    for grp, spk in zip(groups, speakers, strict=True):
         text = "".join(str(w.get("word", "")) for w in grp)
         if not any(str(w.get("word", "")).startswith(" ") for w in grp[1:]):
             text = " ".join(str(w.get("word", "")).strip() for w in grp)
-        out.append({**base, "start": float(grp[0]["start"]), "end": float(grp[-1]["end"]),
-                    "text": " ".join(text.split()), "speaker": spk, "words": [dict(w) for w in grp]})
+        out.append(
+            {
+                **base,
+                "start": float(grp[0]["start"]),
+                "end": float(grp[-1]["end"]),
+                "text": " ".join(text.split()),
+                "speaker": spk,
+                "words": [dict(w) for w in grp],
+            }
+        )
     return out

@@ -121,8 +121,7 @@ class Ge2eEncoder:
 
     def __init__(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
         self._net = GE2E()
-        self._net.load_state_dict({k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))},
-                                  strict=True)
+        self._net.load_state_dict({k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))}, strict=True)
         self._net.eval().to(device)
         self._fb = torch.from_numpy(mel_filterbank(SAMPLE_RATE, 400, 40)).to(device)
         self._window = torch.hann_window(400, periodic=True).to(device)
@@ -131,8 +130,9 @@ class Ge2eEncoder:
     def mel(self, wav: np.ndarray) -> torch.Tensor:
         """Power mel spectrogram (frames x 40) like ``resemblyzer.audio.wav_to_mel_spectrogram``."""
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(self.device)
-        spec = torch.stft(x, n_fft=400, hop_length=160, window=self._window, center=True,
-                          pad_mode="constant", return_complex=True)
+        spec = torch.stft(
+            x, n_fft=400, hop_length=160, window=self._window, center=True, pad_mode="constant", return_complex=True
+        )
         return (self._fb @ (spec.real.square() + spec.imag.square())).T
 
     @staticmethod
@@ -171,12 +171,14 @@ class WespeakerEncoder:
         providers = (["CUDAExecutionProvider"] if device.type == "cuda" else []) + ["CPUExecutionProvider"]
         try:
             self._session = ort.InferenceSession(str(path), providers=providers)
-        except Exception as exc:  # noqa: BLE001 - a wrong file gets one clear message
+        except Exception as exc:
             raise ValueError(f"{path}: not an ONNX speaker encoder: {exc}") from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or inputs[0].shape[-1] not in (80, "80"):
-            raise ValueError(f"{path}: expected one input of 80-bin fbank frames (WeSpeaker export), got "
-                             f"{[(i.name, i.shape) for i in inputs]}")
+            raise ValueError(
+                f"{path}: expected one input of 80-bin fbank frames (WeSpeaker export), got "
+                f"{[(i.name, i.shape) for i in inputs]}"
+            )
         self._input = inputs[0].name
         self.fbank = KaldiFbank(torch.hamming_window(400, periodic=False), device)
         probe = self._session.run(None, {self._input: np.zeros((1, 100, 80), np.float32)})[0]
@@ -248,8 +250,8 @@ class SpeakerEmbedder:
         for batch in self.encoder.batches(items, self.batch_size):
             feats = nn.utils.rnn.pad_sequence([m for _, m in batch], batch_first=True)
             emb = self.encoder.forward(feats, torch.tensor([m.shape[0] for _, m in batch]))
-            emb = F.normalize(emb.reshape(len(batch), -1), dim=1).cpu().numpy()
-            for (i, _), e in zip(batch, emb):
+            vecs = F.normalize(emb.reshape(len(batch), -1), dim=1).cpu().numpy()
+            for (i, _), e in zip(batch, vecs, strict=True):
                 sums[i] += e
         done = np.array(sorted({i for i, _ in items}))
         out[done] = sums[done] / np.maximum(np.linalg.norm(sums[done], axis=1, keepdims=True), 1e-12)
