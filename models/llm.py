@@ -60,8 +60,9 @@ _SPEAKER_LABEL = re.compile(r"^\W{0,3}(therapist|counsellor|counselor|assistant)
 
 def clean_reply(text: str) -> str:
     """The words a therapist would say: a leading speaker label ("Therapist:", "**Therapist:**") and double
-    quotes around the whole reply (or an opening one whose closing quote fell past max_new_tokens) removed. Instruct models add the label the prompt's transcript uses, although the
-    template asks for the words only; nothing else is changed."""
+    quotes around the whole reply (or an opening one whose closing quote fell past max_new_tokens) removed.
+    Instruct models add the label the prompt's transcript uses, although the template asks for the words
+    only; nothing else is changed."""
     t = _SPEAKER_LABEL.sub("", text.strip(), count=1).strip()
     if t[:1] == '"' and (t.count('"') == 1 or (t.count('"') == 2 and t.endswith('"'))):
         t = t[1:].removesuffix('"').strip()  # quotes around the reply, or an opening one cut off with it

@@ -90,7 +90,7 @@ def annomi_sessions(csv_path: str | Path, seed: int = 0) -> list[dict]:
     df = read_annomi(csv_path, ("timestamp", "mi_quality"))
     rng = random.Random(seed)
     sessions = []
-    for tid, rows in sorted(df.groupby("transcript_id", sort=False), key=lambda g: int(g[0])):
+    for tid, rows in sorted(df.groupby("transcript_id", sort=False), key=lambda g: int(str(g[0]))):
         people = sorted(rows["interlocutor"].unique())
         rng.shuffle(people)
         label = {p: f"S{i}" for i, p in enumerate(people)}
@@ -102,7 +102,7 @@ def annomi_sessions(csv_path: str | Path, seed: int = 0) -> list[dict]:
             utts.append({"speaker": label[who], "text": text, "start_s": starts[i], "end_s": max(end, starts[i])})
         sessions.append(
             {
-                "transcript_id": int(tid),
+                "transcript_id": int(str(tid)),
                 "mi_quality": str(rows["mi_quality"].iloc[0]),
                 "utterances": utts,
                 "truth": {label[p]: p for p in people},
@@ -200,7 +200,7 @@ def annomi_sample(
             sample.append(
                 {
                     "transcript_id": str(tid),
-                    "utterance_id": int(g.at[i, "utterance_id"]),
+                    "utterance_id": int(str(g.at[i, "utterance_id"])),
                     "mi_quality": str(g.at[i, "mi_quality"]),
                     "behaviour": str(g.at[i, "main_therapist_behaviour"]),
                     "context": context,
