@@ -40,7 +40,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.transcribe import get_compression_ratio
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from models.audio import SAMPLE_RATE
+from models.audio import SAMPLE_RATE, to_samples
 from models.registry import ResolvedModel
 from models.whisper_voice import FRAME_S, INPUT_PAD_S  # the voice features pool this very input's encoder
 
@@ -266,7 +266,7 @@ def padded_pieces(groups: Sequence[Group], offset_s: float, n_samples: int) -> l
         next_start = groups[i + 1].start if i + 1 < len(groups) else np.inf
         first = max(group.start - INPUT_PAD_S, (previous_end + group.start) / 2, offset_s)
         last = min(group.end + INPUT_PAD_S, (group.end + next_start) / 2, offset_s + n_samples / SAMPLE_RATE)
-        a, b = round((first - offset_s) * SAMPLE_RATE), round((last - offset_s) * SAMPLE_RATE)
+        a, b = to_samples(first - offset_s, n_samples), to_samples(last - offset_s, n_samples)
         if b - a >= 1600:
             pieces.append(Piece(group, a, b))
     return pieces

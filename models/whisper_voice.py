@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE
+from models.audio import to_samples
 from models.registry import ResolvedModel
 from models.voice import MIN_SPEAKER_UTTERANCES, SpeakerAwareClassifier, VoiceResult
 
@@ -58,8 +58,8 @@ class EncoderMismatchError(ValueError):
 def padded_input(start_s: float, end_s: float, duration_s: float, pad_s: float = INPUT_PAD_S) -> tuple[int, int]:
     """Sample range ``[a, b)`` of the Whisper input for speech from ``start_s`` to ``end_s`` (seconds into
     audio of ``duration_s``): ``pad_s`` either side, clipped to the audio."""
-    n = round(duration_s * SAMPLE_RATE)
-    return max(0, round((start_s - pad_s) * SAMPLE_RATE)), min(n, round((end_s + pad_s) * SAMPLE_RATE))
+    n = to_samples(duration_s)
+    return to_samples(start_s - pad_s, n), to_samples(end_s + pad_s, n)
 
 
 def pool_encoder_frames(frames: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:

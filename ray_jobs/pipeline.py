@@ -42,7 +42,7 @@ from emoguide.dataio.tables import (
 )
 from emoguide.prompts.build import build_prompts
 from emoguide.session.reduce import reduce_session
-from models.audio import SAMPLE_RATE
+from models.audio import to_samples
 from models.registry import ResolvedModel, resolve
 from models.voice import EgemapsExtractor, VoiceEmotion
 from models.whisper_voice import WhisperVoiceEmotion
@@ -377,8 +377,7 @@ def _span_features(path: str, spans: list[tuple[float, float]]) -> np.ndarray:
     wanted: list[list[np.ndarray]] = [[] for _ in spans]
     for chunk in iter_source_chunks(path, fps=1.0, chunk_s=60.0, max_side=64):
         for i, (start, end) in enumerate(spans):
-            a = max(0, int((start - chunk.start_s) * SAMPLE_RATE))
-            b = min(len(chunk.audio), int((end - chunk.start_s) * SAMPLE_RATE))
+            a, b = (to_samples(t - chunk.start_s, len(chunk.audio)) for t in (start, end))
             if b > a:
                 wanted[i].append(chunk.audio[a:b].copy())  # a view would keep the whole chunk alive
     pieces = [np.concatenate(p) if p else np.zeros(0, np.float32) for p in wanted]

@@ -20,7 +20,7 @@ import numpy as np
 
 from emoguide.dataio.media import MediaChunk, MediaError, iter_chunks
 from emoguide.dataio.storage import StorageError, is_uri, localize
-from models.audio import SAMPLE_RATE
+from models.audio import to_samples
 from models.registry import ResolvedModel, on_this_machine
 from ray_jobs.config import Resources, RunConfig
 
@@ -303,10 +303,7 @@ class VoiceStage:
             return row
         try:
             start = float(row["start_s"])
-            pieces = [
-                audio[max(0, int((s["start"] - start) * SAMPLE_RATE)) : max(0, int((s["end"] - start) * SAMPLE_RATE))]
-                for s in row["segments"]
-            ]
+            pieces = [audio[to_samples(s["start"] - start) : to_samples(s["end"] - start)] for s in row["segments"]]
             row["voice_features"] = self.extractor.features(pieces)
             if self.ser is not None:
                 result = self.ser.predict(pieces)
