@@ -11,11 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import data_path
+from conftest import data_path, emoguide
 from emoguide.session.face_tracks import MIN_SYNC, attribute, track_people
 from models.face import APPEARANCE_DIM, AllFaces
 from synth import build_two_person_session
-from test_run_e2e import _emoguide
 
 FPS = 4.0
 
@@ -138,7 +137,7 @@ def run(tmp_path_factory):
     turns = build_two_person_session(people, order, inputs / "both.mp4")
     build_two_person_session(people, order, inputs / "right_only.mp4", visible=["right"])
     out = tmp_path_factory.mktemp("out") / "run"
-    proc = _emoguide("run", str(inputs), "--out", str(out), "--no-generate", "-q")
+    proc = emoguide("run", str(inputs), "--out", str(out), "--no-generate", "-q")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sessions = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
     return turns, sessions, pq.read_table(out / "utterances.parquet").to_pylist()

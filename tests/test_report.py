@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,7 +21,6 @@ from emoguide.report.render import (
 )
 from emoguide.dataio.tables import SESSIONS, UTTERANCES, to_table, write_atomic
 
-REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"
 CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
 CRITERIA = ("empathy", "comprehensiveness", "applicability")
@@ -469,22 +465,10 @@ def test_helpers():
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    exe = shutil.which("emoguide") or os.path.join(
-        os.path.dirname(sys.executable), "emoguide"
-    )
-    inputs = tmp_path_factory.mktemp("in")
-    shutil.copy(REPO / "examples" / "grid" / "bbaf2n.mpg", inputs / "bbaf2n.mpg")
-    out = tmp_path_factory.mktemp("realrun") / "out"
-    proc = subprocess.run(
-        [exe, "run", str(inputs), "--out", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, build_report(out)
+def real_run(grid_run, tmp_path_factory):
+    """The shared GRID run (conftest.py) and its report of bbaf2n, written outside the run folder."""
+    out = grid_run[1]
+    return out, build_report(out, "bbaf2n", out=tmp_path_factory.mktemp("realreport"))
 
 
 @pytest.mark.slow
@@ -493,8 +477,9 @@ def test_real_run(real_run):
     assert [p.name for p in paths] == ["bbaf2n.html", "index.html"]
     import pyarrow.parquet as pq
 
-    session = pq.read_table(out / "sessions.parquet").to_pylist()[0]
-    utts = pq.read_table(out / "utterances.parquet").to_pylist()
+    (session,) = [s for s in pq.read_table(out / "sessions.parquet").to_pylist() if s["session_id"] == "bbaf2n"]
+    utts = [u for u in pq.read_table(out / "utterances.parquet").to_pylist() if u["session_id"] == "bbaf2n"]
+    assert utts
     page = paths[0].read_text()
     assert '<figure class="timeline" id="timeline">' in page and "<svg" in page
     assert "no utterance is attributed to the client" in page  # GRID: roles are unknown

@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import emoguide
 from emoguide.dataio.tables import SESSIONS, UTTERANCES
 from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 
 pytestmark = pytest.mark.slow
 
 
-def _emoguide(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("emoguide") or os.path.join(os.path.dirname(sys.executable), "emoguide")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, grid_dir):
-    inputs = tmp_path_factory.mktemp("in")
-    for clip in ("bbaf2n.mpg", "lbax4n.mpg"):
-        shutil.copy(grid_dir / clip, inputs / clip)
-    (inputs / "broken.mp4").write_bytes(os.urandom(8192))
-    out = tmp_path_factory.mktemp("run") / "out"
-    proc = _emoguide("run", str(inputs), "--out", str(out), "--quiet")
-    return inputs, out, proc
+def run_dir(grid_run):
+    return grid_run  # shared with the hostile-input and report tests (conftest.py)
 
 
 def test_exit_code_and_summary(run_dir):
@@ -85,10 +72,12 @@ def test_tables_follow_the_contract(run_dir):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
 
 
-def test_rerun_resumes_without_redoing_finished_sessions(run_dir):
-    inputs, out, _ = run_dir
+def test_rerun_resumes_without_redoing_finished_sessions(run_dir, tmp_path):
+    inputs, shared, _ = run_dir
+    out = tmp_path / "out"  # a copy: the shared run folder stays as the other tests expect it
+    shutil.copytree(shared, out)
     before = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
-    proc = _emoguide("run", str(inputs), "--out", str(out), "--quiet")
+    proc = emoguide("run", str(inputs), "--out", str(out), "--quiet")
     assert proc.returncode == 1
     assert "2 already complete, skipped" in proc.stdout
     after = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}

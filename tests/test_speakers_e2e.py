@@ -6,11 +6,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import data_path
+from conftest import data_path, emoguide
 from emoguide.evaluation.der import diarization_error_rate
 from diarization import turns_of, word_error_share
 from synth import build_session
-from test_run_e2e import _emoguide
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def run(tmp_path_factory):
     turns = build_session(conversation, inputs / "dialogue.flac", gap_s=0.3)
     build_session([("A", p) for p in a], inputs / "monologue.flac", gap_s=0.3)
     out = tmp_path_factory.mktemp("out") / "run"
-    proc = _emoguide("run", str(inputs), "--out", str(out), "-q")
+    proc = emoguide("run", str(inputs), "--out", str(out), "-q")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sessions = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
     utterances = pq.read_table(out / "utterances.parquet").to_pylist()
