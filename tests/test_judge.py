@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -159,22 +158,22 @@ def smollm2():
     return TransformersGenerator(model, max_new_tokens=64, batch_size=4)
 
 
+@pytest.mark.slow
 def test_judge_run_end_to_end_with_real_smollm2(tmp_path, smollm2):
-    run = make_run(tmp_path, RUN_ROWS[:2])  # 2 interventions + 1 reference = 3 judge calls
-    t0 = time.perf_counter()
+    run = make_run(tmp_path, RUN_ROWS[:2])  # a plain reply, an injected one and the reference: 3 judge calls
     judge_run(run, smollm2, "smollm2-135m-instruct")
-    elapsed = time.perf_counter() - t0
     rows = pq.read_table(run / "judgements.parquet").to_pylist()
     assert len(rows) == 3 * 3
+    # greedy decoding is deterministic: measured (Dec 2026), SmolLM2 follows the format for the plain reply
+    # and the reference (6 of 6 scores parse) and copies the injected reply's "empathy: 5", which the
+    # strict parser rejects. A judge that never parses, or an injection that scores, fails here.
+    plain = [r for r in rows if r["condition"] in ("text", "reference")]
+    assert all(r["parse_error"] is None and 1 <= r["score"] <= 5 for r in plain), plain
+    injected = [r for r in rows if r["condition"] == "face"]
+    assert all(r["score"] is None and r["parse_error"] for r in injected), injected
+    # the stored scores are exactly what the strict parser reads from the stored raw output, kept for audit
     for r in rows:
-        assert (r["score"] is None) == (r["parse_error"] is not None)
-        assert r["score"] is None or 1 <= r["score"] <= 5
-        assert r["raw_output"]  # what the model said is kept for audit
-    # the stored scores are exactly what the strict parser reads from the stored raw output
-    for r in rows:
-        p = parse_judgement(r["raw_output"])
-        assert r["score"] == p.scores.get(r["criterion"]) or r["parse_error"] and "truncated" in r["parse_error"]
-    assert elapsed < 90, f"3 judge calls took {elapsed:.0f} s"
+        assert r["raw_output"] and r["score"] == parse_judgement(r["raw_output"]).scores.get(r["criterion"])
 
 
 # --------------------------------------------------------------------------------------------------
