@@ -21,8 +21,7 @@ from emoguide.evaluation.judge import CRITERIA, REFERENCE
 from emoguide.evaluation.ratings import RATINGS
 from emoguide.report.render import build_report
 from studio.store import Answer, Store, StudioError, parse_answer
-from test_report import _write_run
-from conftest import emoguide
+from conftest import emoguide, write_fake_run
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 ITEM_FIELD = re.compile(r'name="item" value="([^"]+)"')
@@ -129,7 +128,7 @@ def _db_bytes(run_dir: Path) -> bytes:
 @pytest.fixture
 def synthetic_run(tmp_path) -> tuple[Path, dict]:
     run = tmp_path / "run"
-    return run, _write_run(run)
+    return run, write_fake_run(run)
 
 
 def test_items_are_blinded_with_the_real_reply_mixed_in(synthetic_run):
