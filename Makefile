@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will skip"
 	$(BIN)/python -m pytest -q
+
+# The dev loop: unit tests only. Tests that start Ray, run `emoguide run` or load a model for longer than
+# a few seconds are marked `slow` (pyproject.toml) and left to `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf out .pytest_cache

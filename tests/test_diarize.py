@@ -62,6 +62,7 @@ def test_registry_resolves_offline_weights() -> None:
         assert model.path.stat().st_size > size
 
 
+@pytest.mark.slow
 def test_two_actors_alternating(ravdess, embedder) -> None:
     script = _der_script()
     audio, ref = script.ravdess_pair(3, 4, seed=0)  # 19 turns, mixed sex, measured DER 1.9 %
@@ -72,6 +73,7 @@ def test_two_actors_alternating(ravdess, embedder) -> None:
     assert der["der"] < 0.10, der
 
 
+@pytest.mark.slow
 def test_one_actor_is_one_speaker(ravdess, embedder) -> None:
     script = _der_script()
     audio, ref = script.ravdess_single(3, seed=0, n_turns=12)  # all emotions, 12 clips
