@@ -46,9 +46,29 @@ DIALOGUE = REPO / "examples" / "dialogue.mp4"
 EMOGUIDE = Path(sys.executable).parent / "emoguide"
 
 
+# set while a test not marked slow runs: what `make test-fast` runs must start no Ray and no `emoguide run`
+_FAST_TEST = "EMOGUIDE_FAST_TEST"
+
+
 def emoguide(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``emoguide ARGS`` as a user types it, output captured; the caller checks the exit code."""
+    if args[:1] == ("run",) and os.environ.get(_FAST_TEST):
+        pytest.fail(f"{os.environ[_FAST_TEST]} runs `emoguide run`: mark it @pytest.mark.slow")
     return subprocess.run([str(EMOGUIDE), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts Ray, in process or through `emoguide run`, fails unless it is marked slow, so
+    that `make test-fast` (``-m "not slow"``) stays a unit-test loop as tests are added."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    monkeypatch.setenv(_FAST_TEST, request.node.nodeid)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr("ray.init", refuse)
 
 
 GRID_RUN_CLIPS = ("bbaf2n.mpg", "lbax4n.mpg")
