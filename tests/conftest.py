@@ -54,7 +54,8 @@ def emoguide(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     """``emoguide ARGS`` as a user types it, output captured; the caller checks the exit code."""
     if args[:1] == ("run",) and os.environ.get(_FAST_TEST):
         pytest.fail(f"{os.environ[_FAST_TEST]} runs `emoguide run`: mark it @pytest.mark.slow")
-    return subprocess.run([str(EMOGUIDE), *args], capture_output=True, text=True, timeout=600, env=env)
+    # the timeout only catches a hang: on a shared two-core machine one run of several sessions took over 10 min
+    return subprocess.run([str(EMOGUIDE), *args], capture_output=True, text=True, timeout=1800, env=env)
 
 
 @pytest.fixture(autouse=True)
