@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy $(LINT_PATHS)
+
+# The dev loop: unit tests only. Tests that start Ray, run `emoguide run` or load a model for longer than
+# a few seconds are marked `slow` (pyproject.toml) and left to `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf out .pytest_cache

@@ -63,6 +63,7 @@ def test_production_model_needs_network_or_cache():
         resolve("asr", "whisper-large-v3")
 
 
+@pytest.mark.slow
 def test_grid_sentences_are_recovered(transcriber, grid_dir):
     # Measured with tiny.en int8 on the 8 clips (Nov 2026): mean WER 0.15, worst clip 0.50
     # ("bin blue" heard as "bimblu"). The bounds leave a little room for CTranslate2 builds.
@@ -252,6 +253,7 @@ def test_transcribes_only_the_speech_it_is_given(transcriber, grid_dir):
     assert transcriber.transcribe(audio, speech=[]) == []
 
 
+@pytest.mark.slow
 def test_shouted_speech_reaches_the_transcript_through_the_segmentation_model(transcriber):
     # Strong anger, RAVDESS actor 6, "Dogs are sitting by the door" cut at 2.39 s. Whisper's own Silero
     # filter dropped the whole sentence (faster-whisper 1.2.1); the segmentation model's regions keep it.

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import data_path
 from emoguide.evaluation.der import diarization_error_rate
 from models.registry import ModelNotFoundError, resolve
 from models.speakers.clustering import assign_words, cluster_speakers, speaker_turns, split_by_speaker
@@ -19,7 +20,6 @@ from models.speakers.embedders import SpeakerEmbedder
 from models.speakers.windows import cut_windows, region_windows, speech_windows
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _der_script():
@@ -31,10 +31,7 @@ def _der_script():
 
 @pytest.fixture(scope="module")
 def ravdess() -> Path:
-    path = DATA / "ravdess"
-    if not (path / "Actor_03").exists():
-        pytest.skip(f"real test data not available: {path} (see ../shared/data/README.md)")
-    return path
+    return data_path("ravdess", "Actor_03").parent
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +59,7 @@ def test_registry_resolves_offline_weights() -> None:
         assert model.path.stat().st_size > size
 
 
+@pytest.mark.slow
 def test_two_actors_alternating(ravdess, embedder) -> None:
     script = _der_script()
     audio, ref = script.ravdess_pair(3, 4, seed=0)  # 19 turns, mixed sex, measured DER 1.9 %
@@ -72,6 +70,7 @@ def test_two_actors_alternating(ravdess, embedder) -> None:
     assert der["der"] < 0.10, der
 
 
+@pytest.mark.slow
 def test_one_actor_is_one_speaker(ravdess, embedder) -> None:
     script = _der_script()
     audio, ref = script.ravdess_single(3, seed=0, n_turns=12)  # all emotions, 12 clips

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import data_path
 from ray_jobs.cli import main
 
 
+@pytest.mark.slow
 def test_eval_perception_reports_voice_and_face(tmp_path, capsys):
     ravdess, grid = data_path("ravdess"), data_path("grid")
     out = tmp_path / "report.json"

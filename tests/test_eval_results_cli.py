@@ -36,10 +36,14 @@ def test_evaluation_workflow(run_dir, tmp_path, capsys):
     judged = pq.read_table(run_dir / "judgements.parquet").to_pylist()
     # one item, all five conditions plus the therapist's own reply, three criteria each
     assert len(judged) == 6 * 3 and {j["criterion"] for j in judged} == {"empathy", "comprehensiveness", "applicability"}
-    assert all((j["score"] is None) == (j["parse_error"] is not None) for j in judged)
+    # the judge must read its own answers: measured (Dec 2026), greedy SmolLM2 parses 18 of 18 here
+    failed = [j for j in judged if j["parse_error"] is not None]
+    assert len(failed) <= 3, failed
+    assert all(1 <= j["score"] <= 5 for j in judged if j["parse_error"] is None)
     assert main(["eval", "metrics", str(run_dir)]) == 0
     metrics = pq.read_table(run_dir / "reference_metrics.parquet").to_pylist()
-    assert all(0 <= m["rouge_l_f"] <= 1 for m in metrics if m["rouge_l_f"] is not None)
+    replies = [m for m in metrics if m["condition"] != "reference"]  # each shares "sounds" with the reference
+    assert len(replies) == 2 * len(CONDITIONS) and all(0 < m["rouge_l_f"] < 1 for m in replies)
     assert main(["eval", "compare", str(run_dir), "--json", str(tmp_path / "cmp.json")]) == 0
     compared = json.loads((tmp_path / "cmp.json").read_text())
     assert set(compared["metrics"]["rouge_l_f"]["conditions"]) >= set(CONDITIONS)

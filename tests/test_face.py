@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from conftest import DATA
 from models import registry
 from models.emotion import LABELS, valence_arousal
-from models.face import AllFaces, FaceAnalyzer, FaceDetector, FaceFrames, HSEmotionOnnx, MouthOpening, aggregate, appearance
+from models.face import FaceAnalyzer, FaceDetector, FaceFrames, HSEmotionOnnx, aggregate, appearance
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 
 if TYPE_CHECKING:
     import torch
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GRID = DATA / "grid"
 EVERY = 5  # every 5th frame of the 25 fps clips: 120 frames over 8 speakers' clips
 

@@ -8,14 +8,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import data_path
 from emoguide.session.face_tracks import MIN_SYNC, attribute, track_people
 from models.face import APPEARANCE_DIM, AllFaces
-from synth import build_two_person_session
-from test_run_e2e import _emoguide
 
 FPS = 4.0
 
@@ -130,18 +126,8 @@ def test_no_faces_no_attribution():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    grid = data_path("grid")
-    inputs = tmp_path_factory.mktemp("two_person")
-    people = {"left": grid / "bbaf2n.mpg", "right": grid / "lrwp9a.mpg"}
-    order = ["left", "right"] * 4
-    turns = build_two_person_session(people, order, inputs / "both.mp4")
-    build_two_person_session(people, order, inputs / "right_only.mp4", visible=["right"])
-    out = tmp_path_factory.mktemp("out") / "run"
-    proc = _emoguide("run", str(inputs), "--out", str(out), "--no-generate", "-q")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sessions = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
-    return turns, sessions, pq.read_table(out / "utterances.parquet").to_pylist()
+def run(conversations_run):
+    return conversations_run  # one run with the speaker tests' sessions (conftest.py)
 
 
 def _speaker_of(turns, utterances, side: str) -> str:
@@ -155,7 +141,7 @@ def _speaker_of(turns, utterances, side: str) -> str:
 @pytest.mark.slow
 def test_each_voice_gets_its_own_face(run):
     turns, sessions, utterances = run
-    utts = [u for u in utterances if u["session_id"] == "both"]
+    turns, utts = turns["both"], [u for u in utterances if u["session_id"] == "both"]
     record = json.loads(sessions["both"]["face_attribution"])
     centre = {p["person"]: (p["box"][0] + p["box"][2]) / 2 for p in record["people"]}
     assert len(centre) == 2
@@ -173,7 +159,7 @@ def test_each_voice_gets_its_own_face(run):
 @pytest.mark.slow
 def test_the_face_on_screen_is_attributed_and_the_other_voice_has_none(run):
     turns, sessions, utterances = run
-    utts = [u for u in utterances if u["session_id"] == "right_only"]
+    turns, utts = turns["right_only"], [u for u in utterances if u["session_id"] == "right_only"]
     record = json.loads(sessions["right_only"]["face_attribution"])
     assert len(record["people"]) == 1
     seen, unseen = _speaker_of(turns, utts, "right"), _speaker_of(turns, utts, "left")

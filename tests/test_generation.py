@@ -15,8 +15,7 @@ from ray_jobs.config import load_config, preset_overrides
 from ray_jobs.generate import sampling_params, vllm_processor_config
 from emoguide.report.render import build_report
 from emoguide.dataio.tables import INTERVENTIONS, merge_parts, part_paths, to_table, write_atomic
-from conftest import DIALOGUE
-from test_run_e2e import _emoguide
+from conftest import DIALOGUE, emoguide
 
 
 @pytest.fixture(scope="module")
@@ -87,22 +86,21 @@ def test_generation_resumes_and_follows_its_own_settings(run, tmp_path):
     out = tmp_path / "out"  # a copy: the shared run folder stays as the other tests expect it
     shutil.copytree(shared, out)
     before = pq.read_table(out / "interventions.parquet").to_pylist()
-    again = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
+    again = emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "-q")
     assert again.returncode == 0 and "1 already complete" in again.stdout
     assert "interventions:" not in again.stdout  # nothing regenerated
     assert pq.read_table(out / "interventions.parquet").to_pylist() == before
     # other generation settings: the videos are not redone, the interventions are
-    fewer = _emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "--conditions", "text,dissonance", "-q")
+    fewer = emoguide("run", str(DIALOGUE), "--out", str(out), "--config", str(cfg), "--conditions", "text,dissonance", "-q")
     assert fewer.returncode == 0 and "1 already complete" in fewer.stdout
     rows = pq.read_table(out / "interventions.parquet").to_pylist()
     assert sorted({r["condition"] for r in rows}) == ["dissonance", "text"] and len(rows) == 6
 
 
 @pytest.mark.slow
-def test_no_generate_stops_after_the_reducer(tmp_path):
-    proc = _emoguide("run", str(DIALOGUE), "--out", str(tmp_path / "o"), "--no-generate", "-q")
-    assert proc.returncode == 0
-    assert (tmp_path / "o" / "utterances.parquet").exists() and not (tmp_path / "o" / "interventions.parquet").exists()
+def test_no_generate_stops_after_the_reducer(dubbed_run):
+    out, _ = dubbed_run  # a --no-generate run (conftest.py); with generation on, an empty table is written
+    assert (out / "utterances.parquet").exists() and not (out / "interventions.parquet").exists()
 
 
 def test_vllm_processor_config_builds_without_gpu():

@@ -11,11 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import GRID_RUN_CLIPS, data_path, emoguide
 from synth import build_session
-from test_run_e2e import _emoguide
 
 pytestmark = pytest.mark.slow
-GOOD = ("bbaf2n.mpg", "lbax4n.mpg")
 
 
 def _video_only(path):
@@ -44,11 +43,12 @@ def _silence(path, seconds=3.0, rate=44100, dtype="s32"):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, grid_dir):
-    clean_in = tmp_path_factory.mktemp("clean")
+def runs(tmp_path_factory, grid_dir, grid_run):
+    """(clean run folder, hostile run folder, hostile run's process). The clean run is the shared GRID
+    run (conftest.py): the same good clips beside one corrupt file."""
+    _, clean_out, clean = grid_run
     hostile_in = tmp_path_factory.mktemp("hostile")
-    for name in GOOD:
-        shutil.copy(grid_dir / name, clean_in / name)
+    for name in GRID_RUN_CLIPS:  # the clean run's good clips, among the hostile ones
         shutil.copy(grid_dir / name, hostile_in / name)
     # a real two-clip mp4 (moov atom at the end), then cut in half
     whole = hostile_in / "whole.mp4"
@@ -60,17 +60,15 @@ def runs(tmp_path_factory, grid_dir):
     (hostile_in / "zero.mp4").write_bytes(b"")
     with open(hostile_in / "sparse2gb.mp4", "wb") as fh:
         fh.truncate(2 * 1024**3)  # 2 GB of holes: never read in full
-    ravdess = sorted((grid_dir.parent / "ravdess" / "Actor_01").glob("*.flac"))[:2]
+    ravdess = sorted(data_path("ravdess", "Actor_01").glob("*.flac"))[:2]
     build_session([("A", p) for p in ravdess], hostile_in / "audio only.flac")
     _video_only(hostile_in / "video_only.mp4")
     _silence(hostile_in / "silence.wav")
     shutil.copy(grid_dir / "sbwe5n.mpg", hostile_in / "séance – client 1.mpg")
 
-    clean_out = tmp_path_factory.mktemp("out") / "clean"
     hostile_out = tmp_path_factory.mktemp("out") / "hostile"
-    clean = _emoguide("run", str(clean_in), "--out", str(clean_out), "-q")
-    hostile = _emoguide("run", str(hostile_in), "--out", str(hostile_out), "-q")
-    assert clean.returncode == 0, clean.stderr[-3000:]
+    hostile = emoguide("run", str(hostile_in), "--out", str(hostile_out), "-q")
+    assert clean.returncode == 1 and "sessions: 2 ok, 1 failed" in clean.stdout, clean.stderr[-3000:]
     return clean_out, hostile_out, hostile
 
 

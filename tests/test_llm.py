@@ -123,6 +123,7 @@ def smollm2(tmp_path_factory):
     return model
 
 
+@pytest.mark.slow
 def test_smollm2_generates_deterministically_in_one_batch(
     smollm2, tmp_path, monkeypatch
 ):

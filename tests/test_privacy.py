@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import REPO, emoguide
 from emoguide.session.redact import redact, redact_words
 
 _HOOK = '''
@@ -31,10 +30,8 @@ def test_run_opens_no_socket_beyond_loopback(tmp_path):
     log.write_text("")
     env = {**os.environ, "EG_NETLOG": str(log), "PYTHONPATH": str(hook_dir)}
     env.pop("HF_HUB_OFFLINE", None)  # the run must go offline by itself
-    exe = os.path.join(os.path.dirname(sys.executable), "emoguide")
-    clip = os.path.join(os.path.dirname(__file__), "..", "examples", "grid", "bbaf2n.mpg")
-    proc = subprocess.run([exe, "run", clip, "--out", str(tmp_path / "out"), "-q", "--log-content"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    clip = REPO / "examples" / "grid" / "bbaf2n.mpg"
+    proc = emoguide("run", str(clip), "--out", str(tmp_path / "out"), "-q", "--log-content", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     connects = [line.split() for line in log.read_text().splitlines()]
     assert connects, "the hook saw no connection at all: it is not active, so the test proves nothing"

@@ -7,8 +7,8 @@ import stat
 
 import pyarrow.parquet as pq
 import pytest
-from test_judge import RUN_ROWS, FakeGenerator, _prompt, make_run
 
+from conftest import RUN_ROWS, FakeGenerator, intervention_prompt, make_run
 from emoguide.evaluation.agreement import agreement
 from emoguide.evaluation.judge import judge_run
 from emoguide.prompts.build import CONDITIONS
@@ -28,7 +28,7 @@ def _run_rows():
     for i in range(4):
         for c in CONDITIONS:
             rows.append({"session_id": f"sess{i % 2}", "utt_id": f"sess{i % 2}-u{i:05d}", "condition": c,
-                         "prompt": _prompt(f"client turn {i}", f"<emotion_cues>\nface: cue {c}\n</emotion_cues>\n"),
+                         "prompt": intervention_prompt(f"client turn {i}", f"<emotion_cues>\nface: cue {c}\n</emotion_cues>\n"),
                          "generation": f"reply {i} number {CONDITIONS.index(c)}", "reference": f"therapist said {i}",
                          "model": "secret-model-7b", "params": "{}"})  # fmt: skip
     return rows + RUN_ROWS

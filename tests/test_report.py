@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,210 +18,14 @@ from emoguide.report.render import (
     timeline_svg,
     top_label,
 )
-from emoguide.dataio.tables import SESSIONS, UTTERANCES, to_table, write_atomic
-
-REPO = Path(__file__).resolve().parents[1]
-XSS = "<script>alert(1)</script>"
-CONDITIONS = ("text", "face", "voice", "multimodal", "dissonance")
-CRITERIA = ("empathy", "comprehensiveness", "applicability")
-
-
-# ----------------------------------------------------------------------------------------------------
-# a hand-built run folder
-
-
-def _probs(top: int, p: float) -> list[float]:
-    rest = (1 - p) / 7
-    return [p if i == top else rest for i in range(8)]
-
-
-def _utterances(sid: str, n: int = 40) -> list[dict]:
-    rows = []
-    t = 2.0
-    for i in range(n):
-        client = i % 2 == 0
-        dur = 6.0 if client else 4.0
-        dissonant = client and i in (4, 10, 12, 26)
-        text = f"utterance {i} from the {'client' if client else 'therapist'}, talking about the week."
-        if i == 10:
-            text = f"I am fine {XSS} really"
-        face = i != 16  # one client utterance without a visible face
-        rows.append(
-            {
-                "session_id": sid,
-                "utt_id": f"{sid}-u{i:05d}",
-                "start_s": t,
-                "end_s": t + dur,
-                "speaker": "SPEAKER_00" if client else "SPEAKER_01",
-                "role": "client" if client else "therapist",
-                "text": text,
-                "words": [
-                    {
-                        "start": t,
-                        "end": t + 0.4,
-                        "word": "utterance",
-                        "probability": 0.9,
-                    }
-                ],
-                "asr_logprob": -0.3,
-                "face_coverage": 1.0 if face else 0.0,
-                "face_probs": _probs(1 if dissonant else 0, 0.8) if face else None,
-                "face_valence": (0.6 if dissonant else 0.1 * ((i % 5) - 2))
-                if face
-                else None,
-                "face_arousal": (0.4 if dissonant else 0.05 * (i % 3))
-                if face
-                else None,
-                "voice_probs": _probs(2 if dissonant else 0, 0.7),
-                "voice_valence": -0.5 if dissonant else 0.08 * ((i % 4) - 1),
-                "voice_arousal": -0.2 if dissonant else 0.1,
-                "prosody": None,
-                "dissonance": (dissonant if face else None),
-                "dissonance_score": 0.8 if dissonant else 0.1,
-                "dissonance_label": "happy face, distressed voice"
-                if dissonant
-                else "neutral face, neutral voice",
-            }
-        )
-        t += dur + 1.0
-    return rows
-
-
-def _session(sid: str, utts: list[dict], **extra) -> dict:
-    diss = [u for u in utts if u["dissonance"]]
-    measured = [u for u in utts if u["dissonance"] is not None]
-    top = sorted(diss, key=lambda u: -u["dissonance_score"])[:3]
-    row = {
-        "session_id": sid,
-        "source_path": f"/data/{sid}.mp4",
-        "status": "ok",
-        "duration_s": (utts[-1]["end_s"] + 2.0) if utts else None,
-        "n_utterances": len(utts),
-        "dissonance_rate": len(diss) / len(measured) if measured else None,
-        "dissonance_longest_run": 2,
-        "dissonance_longest_run_s": 13.0,
-        "dissonance_top": [
-            {
-                "utt_id": u["utt_id"],
-                "start_s": u["start_s"],
-                "end_s": u["end_s"],
-                "score": u["dissonance_score"],
-                "label": u["dissonance_label"],
-            }
-            for u in top
-        ],
-        "config_hash": "cafe0123deadbeef",
-        "input_fingerprint": "0011223344556677",
-        "models": json.dumps(
-            {
-                "asr": {
-                    "name": "whisper-tiny.en",
-                    "source": "package",
-                    "version": "sha256:abc",
-                },
-                "face_emotion": {
-                    "name": "fer-mini-xception",
-                    "source": "package",
-                    "version": "sha256:def",
-                },
-            }
-        ),
-        "wall_s": 12.5,
-    }
-    row.update(extra)
-    return row
-
-
-def _interventions(utts: list[dict]) -> list[dict]:
-    rows = []
-    for a, b in itertools.pairwise(utts):
-        if a["role"] == "client" and b["role"] == "therapist":
-            for cond in CONDITIONS:
-                generation = f"[{cond}] It sounds like this week was hard for you."
-                if a["utt_id"].endswith("u00010") and cond == "dissonance":
-                    generation = f"You say you are fine, yet {XSS} you look worried."
-                rows.append(
-                    {
-                        "session_id": a["session_id"],
-                        "utt_id": a["utt_id"],
-                        "condition": cond,
-                        "prompt": json.dumps(
-                            [
-                                {"role": "system", "content": "You are a therapist."},
-                                {
-                                    "role": "user",
-                                    "content": f"<transcript>{a['text']}</transcript>",
-                                },
-                            ]
-                        ),
-                        "generation": generation,
-                        "reference": b["text"],
-                        "model": "qwen2.5-0.5b-instruct",
-                        "params": json.dumps({"temperature": 0.0, "seed": 0}),
-                    }
-                )
-    return rows
-
-
-def _judgements(interventions: list[dict]) -> list[dict]:
-    rows = []
-    for k, iv in enumerate(interventions[:15]):  # the first three turns are judged
-        for judge in ("judge-a", "judge-b"):
-            for ci, crit in enumerate(CRITERIA):
-                score = (
-                    None
-                    if (k == 0 and judge == "judge-b" and crit == "applicability")
-                    else 1 + (k + ci) % 5
-                )
-                rows.append(
-                    {
-                        **{
-                            key: iv[key]
-                            for key in ("session_id", "utt_id", "condition", "model")
-                        },
-                        "judge": judge,
-                        "criterion": crit,
-                        "score": score,
-                        "rationale": f"{judge} on {crit}: {XSS} acknowledges feelings.",
-                    }
-                )
-    return rows
-
-
-def _write_run(out: Path, *, with_interventions: bool = True) -> dict:
-    utts = _utterances("s01")
-    sessions = [
-        _session("s01", utts),
-        _session(
-            "s02-broken",
-            [],
-            status="failed",
-            error=f"s02.mp4: not a readable media container {XSS}",
-            failed_stage="decode",
-            n_utterances=0,
-            dissonance_longest_run=0,
-            dissonance_longest_run_s=0.0,
-        ),
-    ]
-    write_atomic(to_table(sessions, SESSIONS), out / "sessions.parquet")
-    write_atomic(to_table(utts, UTTERANCES), out / "utterances.parquet")
-    interventions = _interventions(utts)
-    judgements = _judgements(interventions)
-    if with_interventions:
-        write_atomic(pa.Table.from_pylist(interventions), out / "interventions.parquet")
-        write_atomic(pa.Table.from_pylist(judgements), out / "judgements.parquet")
-    return {
-        "utts": utts,
-        "sessions": sessions,
-        "interventions": interventions,
-        "judgements": judgements,
-    }
-
+from conftest import XSS, fake_interventions, fake_utterances, write_fake_run
+from emoguide.dataio.tables import write_atomic
+from emoguide.prompts.conditions import CONDITIONS
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     run = tmp_path_factory.mktemp("synthetic") / "run"
-    data = _write_run(run)
+    data = write_fake_run(run)
     paths = build_report(run)
     return run, data, paths
 
@@ -413,7 +213,7 @@ def test_index_lists_sessions_and_failures(synthetic):
 
 
 def test_without_interventions_or_judgements(tmp_path):
-    _write_run(tmp_path, with_interventions=False)
+    write_fake_run(tmp_path, with_interventions=False)
     paths = build_report(tmp_path, out=tmp_path / "html")
     page = _page(paths, "s01.html")
     assert (
@@ -421,7 +221,7 @@ def test_without_interventions_or_judgements(tmp_path):
     )
     # interventions without judgements
     write_atomic(
-        pa.Table.from_pylist(_interventions(_utterances("s01"))),
+        pa.Table.from_pylist(fake_interventions(fake_utterances("s01"))),
         tmp_path / "interventions.parquet",
     )
     page = _page(build_report(tmp_path, out=tmp_path / "html"), "s01.html")
@@ -433,7 +233,7 @@ def test_without_interventions_or_judgements(tmp_path):
 
 
 def test_one_session_and_errors(tmp_path):
-    _write_run(tmp_path)
+    write_fake_run(tmp_path)
     paths = build_report(tmp_path, session_id="s01", out=tmp_path / "one")
     assert [p.name for p in paths] == ["s01.html", "index.html"]
     index = paths[-1].read_text()
@@ -469,22 +269,10 @@ def test_helpers():
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    exe = shutil.which("emoguide") or os.path.join(
-        os.path.dirname(sys.executable), "emoguide"
-    )
-    inputs = tmp_path_factory.mktemp("in")
-    shutil.copy(REPO / "examples" / "grid" / "bbaf2n.mpg", inputs / "bbaf2n.mpg")
-    out = tmp_path_factory.mktemp("realrun") / "out"
-    proc = subprocess.run(
-        [exe, "run", str(inputs), "--out", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, build_report(out)
+def real_run(grid_run, tmp_path_factory):
+    """The shared GRID run (conftest.py) and its report of bbaf2n, written outside the run folder."""
+    out = grid_run[1]
+    return out, build_report(out, "bbaf2n", out=tmp_path_factory.mktemp("realreport"))
 
 
 @pytest.mark.slow
@@ -493,8 +281,9 @@ def test_real_run(real_run):
     assert [p.name for p in paths] == ["bbaf2n.html", "index.html"]
     import pyarrow.parquet as pq
 
-    session = pq.read_table(out / "sessions.parquet").to_pylist()[0]
-    utts = pq.read_table(out / "utterances.parquet").to_pylist()
+    (session,) = [s for s in pq.read_table(out / "sessions.parquet").to_pylist() if s["session_id"] == "bbaf2n"]
+    utts = [u for u in pq.read_table(out / "utterances.parquet").to_pylist() if u["session_id"] == "bbaf2n"]
+    assert utts
     page = paths[0].read_text()
     assert '<figure class="timeline" id="timeline">' in page and "<svg" in page
     assert "no utterance is attributed to the client" in page  # GRID: roles are unknown

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import kill_ray_processes
+from conftest import EMOGUIDE, emoguide, kill_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +29,9 @@ def test_sigkill_then_resume(tmp_path, grid_dir):
     for i in range(6):
         shutil.copy(grid_dir / "bbaf2n.mpg", inputs / f"session{i}.mpg")
     out = tmp_path / "out"
-    exe = os.path.join(os.path.dirname(sys.executable), "emoguide")
     ray_tmp = tempfile.mkdtemp(prefix="egk-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    proc = subprocess.Popen([exe, "run", str(inputs), "--out", str(out), "-q"], env=env,
+    proc = subprocess.Popen([EMOGUIDE, "run", str(inputs), "--out", str(out), "-q"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -51,8 +49,7 @@ def test_sigkill_then_resume(tmp_path, grid_dir):
     assert not (out / "sessions.parquet").exists()  # the merged tables are written only at the end
     assert not list(out.rglob("*.tmp"))  # no half-written file is visible under a final name
 
-    rerun = subprocess.run([exe, "run", str(inputs), "--out", str(out), "-q"], capture_output=True, text=True,
-                           timeout=600)
+    rerun = emoguide("run", str(inputs), "--out", str(out), "-q")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{len(finished_before)} already complete, skipped" in rerun.stdout
     sessions = pq.read_table(out / "sessions.parquet").to_pylist()

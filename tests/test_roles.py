@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA
 from emoguide.evaluation.annomi import annomi_sessions
 from emoguide.evaluation.annomi import evaluate_roles as evaluate_annomi
 from emoguide.session.roles import RoleAssignment, assign_roles, utterance_score
 
-ANNOMI = Path(__file__).resolve().parents[2] / "shared" / "data" / "annomi" / "AnnoMI-dev.csv"
+ANNOMI = DATA / "annomi" / "AnnoMI-dev.csv"
 
 THERAPIST_LINES = [
     "Hi, thanks for coming in today. What brings you here?",

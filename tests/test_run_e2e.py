@@ -4,17 +4,14 @@ and what its console shows."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DIALOGUE
+from conftest import DIALOGUE, emoguide
 from emoguide.dataio.tables import SESSIONS, UTTERANCES
 from emoguide.evaluation.textnorm import grid_sentence, normalise, wer
 from ray_jobs.config import load_config
@@ -23,20 +20,9 @@ from ray_jobs.pipeline import models_record, resolve_models
 pytestmark = pytest.mark.slow
 
 
-def _emoguide(*args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("emoguide") or os.path.join(os.path.dirname(sys.executable), "emoguide")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, grid_dir):
-    inputs = tmp_path_factory.mktemp("in")
-    for clip in ("bbaf2n.mpg", "lbax4n.mpg"):
-        shutil.copy(grid_dir / clip, inputs / clip)
-    (inputs / "broken.mp4").write_bytes(os.urandom(8192))
-    out = tmp_path_factory.mktemp("run") / "out"
-    proc = _emoguide("run", str(inputs), "--out", str(out))
-    return inputs, out, proc
+def run_dir(grid_run):
+    return grid_run  # shared with the hostile-input and report tests (conftest.py)
 
 
 def test_exit_code_and_summary(run_dir):
@@ -66,7 +52,7 @@ def test_error_after_ray_started_is_one_line_and_a_hint(tmp_path):
     """A model that cannot be found is found missing once Ray is up (the preset may choose the model)."""
     config = tmp_path / "run.yaml"
     config.write_text("generation: {path: /nonexistent/llm.gguf}\n")
-    proc = _emoguide("run", str(DIALOGUE), "--out", str(tmp_path / "out"), "--config", str(config))
+    proc = emoguide("run", str(DIALOGUE), "--out", str(tmp_path / "out"), "--config", str(config))
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-2:] == [
         "emoguide: error: llm: model path '/nonexistent/llm.gguf' does not exist",
@@ -119,10 +105,12 @@ def test_tables_follow_the_contract(run_dir):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
 
 
-def test_rerun_resumes_without_redoing_finished_sessions(run_dir):
-    inputs, out, _ = run_dir
+def test_rerun_resumes_without_redoing_finished_sessions(run_dir, tmp_path):
+    inputs, shared, _ = run_dir
+    out = tmp_path / "out"  # a copy: the shared run folder stays as the other tests expect it
+    shutil.copytree(shared, out)
     before = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
-    proc = _emoguide("run", str(inputs), "--out", str(out), "-v")
+    proc = emoguide("run", str(inputs), "--out", str(out), "-v")
     assert proc.returncode == 1
     assert "2 already complete, skipped" in proc.stdout
     # -v: Ray's own logs (its start, Ray Data's execution) are on the console too

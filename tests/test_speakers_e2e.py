@@ -3,41 +3,22 @@ separated into two speakers, and a one-speaker session keeps one speaker (no inv
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import data_path
 from emoguide.evaluation.der import diarization_error_rate
 from diarization import turns_of, word_error_share
-from synth import build_session
-from test_run_e2e import _emoguide
 
 pytestmark = pytest.mark.slow
 
 
-def _clips(actor: int, n: int) -> list:
-    return sorted((data_path("ravdess") / f"Actor_{actor:02d}").glob("*.flac"))[::5][:n]
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    inputs = tmp_path_factory.mktemp("speakers")
-    a, b = _clips(1, 12), _clips(2, 12)  # a male and a female actor
-    conversation = []
-    for k in range(4):  # turns of three sentences each: A B A B ...
-        conversation += [("A", p) for p in a[3 * k : 3 * k + 3]] + [("B", p) for p in b[3 * k : 3 * k + 3]]
-    turns = build_session(conversation, inputs / "dialogue.flac", gap_s=0.3)
-    build_session([("A", p) for p in a], inputs / "monologue.flac", gap_s=0.3)
-    out = tmp_path_factory.mktemp("out") / "run"
-    proc = _emoguide("run", str(inputs), "--out", str(out), "-q")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sessions = {r["session_id"]: r for r in pq.read_table(out / "sessions.parquet").to_pylist()}
-    utterances = pq.read_table(out / "utterances.parquet").to_pylist()
-    return turns, sessions, utterances
+def run(conversations_run):
+    return conversations_run  # one run with the face attribution tests' sessions (conftest.py)
 
 
 def test_two_speakers_are_separated(run):
     turns, sessions, utterances = run
+    turns = turns["dialogue"]
     assert sessions["dialogue"]["n_speakers"] == 2
     utts = [u for u in utterances if u["session_id"] == "dialogue"]
     assert {u["speaker"] for u in utts} == {"S0", "S1"}
@@ -65,6 +46,6 @@ def test_one_speaker_stays_one(run):
 
 def test_every_utterance_has_one_speaker_and_words_in_its_span(run):
     _, _, utterances = run
-    for u in utterances:
+    for u in utterances:  # the face attribution sessions too: two voices each
         assert u["speaker"] in {"S0", "S1"}
         assert all(u["start_s"] - 1e-6 <= w["start"] <= w["end"] <= u["end_s"] + 1e-6 for w in u["words"])

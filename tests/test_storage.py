@@ -7,9 +7,6 @@ resume across runs and the network guard are tested for real; only AWS itself is
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import emoguide
 from emoguide.dataio import storage
 from emoguide.dataio.inputs import MEDIA_SUFFIXES, collect_sessions, fingerprint
 from emoguide.dataio.media import MediaError
@@ -206,20 +204,17 @@ def test_the_network_guard_keeps_loopback_buckets_reachable(bucket, monkeypatch)
     assert list_media(bucket.uri("guard/"), MEDIA_SUFFIXES) == [uri]
 
 
-def _emoguide(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    exe = shutil.which("emoguide") or os.path.join(os.path.dirname(sys.executable), "emoguide")
-    return subprocess.run([exe, *args], check=False, capture_output=True, text=True, timeout=600, env=env)
-
-
 @pytest.mark.slow
 def test_run_reads_from_and_writes_to_a_bucket(bucket):
+    """One run, bucket to bucket. A second run resuming from the bucket's parts is the same resume as on
+    disk (test_run_e2e) over the staging tested above: not run again here."""
     for name in ("bbaf2n.mpg", "lbax4n.mpg"):
         bucket.put(f"e2e/in/{name}", _clip(name))
     bucket.put("e2e/in/notes.txt", b"not media")
     # the endpoint from the environment, as on a cluster: plain URIs, inherited by every Ray worker
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{bucket.endpoint}"}
     args = ("run", f"s3://{BUCKET}/e2e/in/", "--out", f"s3://{BUCKET}/e2e/out", "--no-generate", "-q")
-    proc = _emoguide(*args, env=env)
+    proc = emoguide(*args, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sessions: 2 ok, 0 failed" in proc.stdout
     sessions = pq.read_table(f"{BUCKET}/e2e/out/sessions.parquet", filesystem=bucket.fs).to_pylist()
@@ -229,6 +224,3 @@ def test_run_reads_from_and_writes_to_a_bucket(bucket):
     assert {u["session_id"] for u in utterances} == {"bbaf2n", "lbax4n"}
     assert {f"parts/{sid}.sessions.parquet" for sid in ("bbaf2n", "lbax4n")} <= set(bucket.keys("e2e/out/"))
 
-    again = _emoguide(*args, env=env)  # resume across runs: the parts come back from the bucket
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "(2 already complete, skipped)" in again.stdout

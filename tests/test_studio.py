@@ -21,8 +21,7 @@ from emoguide.evaluation.judge import CRITERIA, REFERENCE
 from emoguide.evaluation.ratings import RATINGS
 from emoguide.report.render import build_report
 from studio.store import Answer, Store, StudioError, parse_answer
-from test_report import _write_run
-from test_run_e2e import _emoguide
+from conftest import emoguide, write_fake_run
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 ITEM_FIELD = re.compile(r'name="item" value="([^"]+)"')
@@ -113,7 +112,7 @@ class Client:
 
 
 def _add_rater(run_dir: Path, name: str) -> str:
-    proc = _emoguide("studio", "add-rater", name, str(run_dir))
+    proc = emoguide("studio", "add-rater", name, str(run_dir))
     assert proc.returncode == 0, proc.stderr
     return re.search(r"token \(shown once.*\): (\S+)", proc.stdout).group(1)
 
@@ -129,7 +128,7 @@ def _db_bytes(run_dir: Path) -> bytes:
 @pytest.fixture
 def synthetic_run(tmp_path) -> tuple[Path, dict]:
     run = tmp_path / "run"
-    return run, _write_run(run)
+    return run, write_fake_run(run)
 
 
 def test_items_are_blinded_with_the_real_reply_mixed_in(synthetic_run):
@@ -456,13 +455,13 @@ def test_browser_raters_survive_a_killed_server_and_export(browser, real_studio,
     assert not [t for t in texts + replies + ["comment 1"] if t and t.strip() in log]  # nothing said is logged
     assert "rating saved: rater=alice" in log
 
-    export = _emoguide("studio", "export", str(real_studio))
+    export = emoguide("studio", "export", str(real_studio))
     assert export.returncode == 0, export.stderr
     table = pq.read_table(real_studio / "expert_ratings.parquet")
     assert table.schema.remove_metadata() == RATINGS and table.num_rows == 2 * 3 * len(CRITERIA)
     got = {(r["rater"], r["item"], r["criterion"]): r["score"] for r in table.to_pylist()}
     assert got[("alice", seen["alice"][1], "empathy")] == 5 and got[("bob", seen["bob"][0], "applicability")] == 2
-    agreed = _emoguide("eval", "agreement", str(real_studio), "--key", str(real_studio / "expert_ratings.key.csv"))
+    agreed = emoguide("eval", "agreement", str(real_studio), "--key", str(real_studio / "expert_ratings.key.csv"))
     assert agreed.returncode == 0, agreed.stderr
     report = json.loads(agreed.stdout)
     assert set(report["criteria"]) == set(CRITERIA)

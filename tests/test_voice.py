@@ -15,13 +15,14 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import DATA
 from emoguide.evaluation.perception import EGEMAPS_VOICE_MODEL
 from emoguide.evaluation.ravdess import classification_scores, evaluate_ravdess, ravdess_label, read_audio
 from models.emotion import LABELS
 from models.registry import ResolvedModel, resolve
 from models.voice import PROSODY_KEYS, EgemapsExtractor, VoiceEmotion, prosody
 
-RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
+RAVDESS = DATA / "ravdess"
 needs_ravdess = pytest.mark.skipif(
     not RAVDESS.is_dir(), reason=f"RAVDESS not found at {RAVDESS} (shared data absent on this machine)"
 )

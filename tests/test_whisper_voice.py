@@ -100,6 +100,7 @@ def test_encoder_frames_are_the_ones_transcription_computes(asr_model: WhisperMo
     np.testing.assert_array_equal(seen[0], frames)
 
 
+@pytest.mark.slow
 def test_shipped_weights_beat_chance_on_held_out_actors(
     voice: WhisperVoiceEmotion, asr_model: WhisperModel, ravdess: Path
 ) -> None:
@@ -153,6 +154,7 @@ def test_registry_resolves_it_offline_as_the_default(voice: WhisperVoiceEmotion)
     assert np.isnan(result.probs).all() and not result.speaker_normalised.any()
 
 
+@pytest.mark.slow
 def test_the_transcriber_keeps_the_frames_training_computes(ravdess: Path) -> None:
     # the runtime path itself: the ASR adapter's kept encoder output is what training pooled for this input
     from models.asr import Transcriber
