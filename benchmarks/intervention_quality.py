@@ -36,14 +36,15 @@ HAND_CHECK_N = 30
 
 def generate(pair: str, rows: list[dict], max_new_tokens: int) -> tuple[list[str | None], dict]:
     """Replies of one model to every prompt row, with timing."""
-    from models.llm import load_generator
-    from models.registry import resolve
     from emoguide.prompts.build import prompt_messages
+    from models.registry import resolve
+    from ray_jobs.config import load_config
+    from ray_jobs.generate import cpu_generator
 
     name, engine = pair.split(":")
-    extra = {"prefix_marker": "</transcript>"} if engine == "llamacpp" else {"batch_size": 8}
-    gen = load_generator(engine, resolve("llm", name), max_new_tokens=max_new_tokens, repetition_penalty=1.1,
-                         **extra)
+    settings = load_config(None).generation  # a run's sampling settings, with this engine and model
+    settings.engine, settings.model, settings.max_new_tokens = engine, name, max_new_tokens
+    gen = cpu_generator(settings, resolve("llm", name))
     t0 = time.perf_counter()
     results = gen.generate([prompt_messages(r) for r in rows])
     wall = time.perf_counter() - t0

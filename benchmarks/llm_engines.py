@@ -47,19 +47,20 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
 
 def run_pair(name: str, engine: str, chats: list[list[dict[str, str]]], max_new_tokens: int) -> dict:
     """Load once, generate every chat, time it."""
-    from models.llm import load_generator
     from models.registry import resolve
+    from ray_jobs.config import load_config
+    from ray_jobs.generate import cpu_generator
 
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    extra = {"prefix_marker": "</transcript>"} if engine == "llamacpp" else {"batch_size": 8}
-    gen = load_generator(engine, resolve("llm", name), max_new_tokens=max_new_tokens, repetition_penalty=1.1,
-                         **extra)
+    settings = load_config(None).generation  # a run's sampling settings, with this engine and model
+    settings.engine, settings.model, settings.max_new_tokens = engine, name, max_new_tokens
+    gen = cpu_generator(settings, resolve("llm", name))
     load_s = time.perf_counter() - t0
     per_prompt = []
     t0 = time.perf_counter()
     results = []
-    batch = 1 if engine == "llamacpp" else 8
+    batch = 1 if engine == "llamacpp" else settings.batch_size
     for start in range(0, len(chats), batch):
         t1 = time.perf_counter()
         out = gen.generate(chats[start:start + batch])
