@@ -241,12 +241,12 @@ def machine() -> dict:
     }
 
 
-def load_times(cache: Path) -> dict:
+def load_times(cache: Path, name: str) -> dict:
     """Load time in fresh processes: from the GGUF (dequantise) and then from the derived cache."""
     code = (
         "import os,sys,time,json; sys.path.insert(0, %r); t=time.perf_counter();"
         "from models.registry import resolve; from models.llm import TransformersGenerator;"
-        "g=TransformersGenerator(resolve('llm'), cache_derived=%s);"
+        "g=TransformersGenerator(resolve('llm', %r), cache_derived=%s);"
         "print(json.dumps({'load_s': g.load_seconds, 'with_imports_s': time.perf_counter()-t, 'from': g.loaded_from}))"
     )
     env = {
@@ -262,7 +262,7 @@ def load_times(cache: Path) -> dict:
         ("derived_cache", True),
     ):
         res = subprocess.run(
-            [sys.executable, "-c", code % (str(REPO), cached)],
+            [sys.executable, "-c", code % (str(REPO), name, cached)],
             env=env,
             capture_output=True,
             text=True,
@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["fp32-t2", "fp32-t1", "bf16-t2", "bf16-t1"],
         choices=sorted(CONFIGS),
     )
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="registry name of the llm to measure")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument(
@@ -340,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
     }
     if not args.skip_load:
-        report["load"] = load_times(cache)
+        report["load"] = load_times(cache, args.model)
     from models.registry import resolve
 
-    model = resolve("llm")
+    model = resolve("llm", args.model)
     report["model"] = model.record()
     report["results"] = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)

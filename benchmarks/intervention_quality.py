@@ -1,13 +1,18 @@
-"""Quality of the offline LLMs' interventions on AnnoMI-dev client turns (ray_jobs/intervention_quality.py).
+"""Quality of the offline LLMs' interventions on AnnoMI-dev client turns (emoguide/evaluation/interventions.py).
 
 Each model answers the same prompts: ``--turns`` client turns (one per transcript, seeded), each under the
-``text`` condition and the ``dissonance`` condition (synthetic, well-formed cues). Per model: on-task rate,
-similarity to the therapist's real reply (MiniLM and MPNet) and reply form against the expert codes, each
-with a bootstrap CI; against the baseline model, paired bootstrap CIs of the differences. Replies are kept
-(``replies.jsonl``) with a blinded sample of 30 for the hand check of the on-task rules
-(``hand_check.csv``: fill the ``hand_on_task`` column, then ``--hand-check`` scores the rules against it).
+``text`` condition and the ``dissonance`` condition (synthetic, well-formed cues). AnnoMI's transcripts are
+split in two halves by a hash of their id (``transcript_split``): prompt wordings are compared on ``tune``
+(``--template``, e.g. the variants in ``benchmarks/prompt_variants/``) and figures are reported on ``report``.
+Per model: on-task rate, similarity to the therapist's real reply (MiniLM and MPNet) and reply form against
+the expert codes, each with a bootstrap CI; against the baseline model, paired bootstrap CIs of the
+differences. Replies are kept (``replies.jsonl``) with a blinded sample of 30 for the hand check of the
+on-task rules (``hand_check.csv``: fill the ``hand_on_task`` column, then ``--hand-check`` scores the rules
+against it).
 
-    python benchmarks/intervention_quality.py --annomi ../shared/data/annomi/AnnoMI-dev.csv
+    python benchmarks/intervention_quality.py                                   # report split, 3 models
+    python benchmarks/intervention_quality.py --split tune --template benchmarks/prompt_variants/intervention_v2.yaml \
+        --models qwen2.5-coder-1.5b-instruct:llamacpp --out /tmp/tune-v2
     python benchmarks/intervention_quality.py --hand-check benchmarks/results/interventions/hand_check.csv
 """
 
@@ -28,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 OUT = REPO / "benchmarks" / "results" / "interventions"
-MODELS = ("smollm2-135m-instruct:transformers", "qwen2.5-0.5b-instruct:llamacpp", "qwen2.5-1.5b-instruct:llamacpp")
+MODELS = ("smollm2-135m-instruct:transformers", "qwen2.5-coder-0.5b-instruct:llamacpp", "qwen2.5-coder-1.5b-instruct:llamacpp")
 CONDITIONS = ("text", "dissonance")
 EMBEDDINGS = ("all-minilm-l6-v2", "all-mpnet-base-v2")
 HAND_CHECK_N = 30
@@ -123,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--annomi", type=Path, default=REPO.parent / "shared" / "data" / "annomi" / "AnnoMI-dev.csv")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="MODEL:ENGINE; the first is the baseline")
-    ap.add_argument("--turns", type=int, default=60)
+    ap.add_argument("--turns", type=int, default=40)
+    ap.add_argument("--split", choices=("tune", "report"), default="report",
+                    help="transcripts to sample: choose wordings on `tune`, report figures on `report`")
+    ap.add_argument("--template", default=None, help="prompt template (default: the run's default)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--hand-check", type=Path, help="score a labelled hand_check.csv and exit")
@@ -134,13 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from emoguide.evaluation.annomi import read_annomi
-    from emoguide.evaluation.interventions import annomi_utterances, sample_prompts, score_replies, summarise
+    from emoguide.evaluation.interventions import (
+        annomi_utterances,
+        sample_prompts,
+        score_replies,
+        summarise,
+        transcript_split,
+    )
+    from ray_jobs.config import load_config
 
+    template = args.template or load_config(None).generation.template
     table = read_annomi(args.annomi, ["main_therapist_behaviour"])
-    rows = sample_prompts(annomi_utterances(table), args.turns, CONDITIONS)
+    utterances = [u for u in annomi_utterances(table) if transcript_split(u["session_id"]) == args.split]
+    rows = sample_prompts(utterances, args.turns, CONDITIONS, template=template)
     encoders = embedders()
     args.out.mkdir(parents=True, exist_ok=True)
-    scored, report = {}, {"data": str(args.annomi), "turns": args.turns, "conditions": list(CONDITIONS),
+    scored, report = {}, {"data": str(args.annomi), "split": args.split, "template": template,
+                          "turns": args.turns, "conditions": list(CONDITIONS),
                           "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{os.cpu_count()} CPU cores", "models": {}}
     previous = _previous_replies(args.out) if args.rescore else {}

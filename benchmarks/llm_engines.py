@@ -7,7 +7,7 @@ sees) and its median per prompt. Results go to benchmarks/results/llm_engines.js
 load averages (a shared machine skews timings: compare ratios measured in one run).
 
     python benchmarks/llm_engines.py                                   # default matrix
-    python benchmarks/llm_engines.py --pairs qwen2.5-0.5b-instruct:llamacpp --prompts 10
+    python benchmarks/llm_engines.py --pairs qwen2.5-coder-0.5b-instruct:llamacpp --prompts 10
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench_generation import machine, scripted_utterances  # noqa: E402
 
 DEFAULT_PAIRS = (
-    "qwen2.5-0.5b-instruct:llamacpp",
-    "qwen2.5-1.5b-instruct:llamacpp",
+    "qwen2.5-coder-0.5b-instruct:llamacpp",
+    "qwen2.5-coder-1.5b-instruct:llamacpp",
     "smollm2-135m-instruct:llamacpp",
     "smollm2-135m-instruct:transformers",
-    "qwen2.5-0.5b-instruct:transformers",
+    "qwen2.5-coder-0.5b-instruct:transformers",
 )
-TARGETS_TOKENS_PER_S = {"qwen2.5-0.5b-instruct": 25.0, "qwen2.5-1.5b-instruct": 10.0}  # issue 17, 2 cores
+TARGETS_TOKENS_PER_S = {"qwen2.5-coder-0.5b-instruct": 25.0, "qwen2.5-coder-1.5b-instruct": 10.0}  # issue 17, 2 cores
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:

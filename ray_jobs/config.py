@@ -17,6 +17,7 @@ from typing import Any, get_args, get_type_hints
 
 import yaml
 
+from emoguide.prompts.build import DEFAULT_TEMPLATE
 from emoguide.prompts.conditions import CONDITIONS
 
 
@@ -109,11 +110,11 @@ GENERATION_ENGINES = ("llamacpp", "transformers", "vllm")
 class GenerationConfig:
     enabled: bool = True  # --no-generate stops after the reducer
     engine: str = "llamacpp"  # CPU: llamacpp (GGUF as is) or transformers; "vllm" on GPU (the gpu presets)
-    model: str = "qwen2.5-1.5b-instruct"  # the offline default (README: Interventions); on-task, fast enough on CPU
+    model: str = "qwen2.5-coder-1.5b-instruct"  # the offline default (README: Interventions)
     path: str | None = None
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     context_turns: int = 6
-    template: str = "intervention_v1"
+    template: str = DEFAULT_TEMPLATE
     max_new_tokens: int = 96
     temperature: float = 0.0  # 0 = greedy: repeatable
     top_p: float = 1.0

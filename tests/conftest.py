@@ -358,7 +358,7 @@ def fake_interventions(utts: list[dict]) -> list[dict]:
                         ),
                         "generation": generation,
                         "reference": b["text"],
-                        "model": "qwen2.5-0.5b-instruct",
+                        "model": "qwen2.5-coder-0.5b-instruct",
                         "params": json.dumps({"temperature": 0.0, "seed": 0}),
                     }
                 )

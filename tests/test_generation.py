@@ -140,7 +140,7 @@ def test_the_default_cpu_llm_answers_the_client_on_task():
 
     config = load_config(None)
     llm = resolve_llm(config)
-    assert (config.generation.engine, llm.name) == ("llamacpp", "qwen2.5-1.5b-instruct")
+    assert (config.generation.engine, llm.name) == ("llamacpp", "qwen2.5-coder-1.5b-instruct")
     rows = build_prompts(scripted_utterances(), ("text", "dissonance"))[:4]  # two client turns
     generator = cpu_generator(config.generation, llm)
     results = generator.generate([prompt_messages(r) for r in rows])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -89,3 +90,19 @@ def test_paired_bootstrap_separates_a_shift_from_noise() -> None:
     assert shifted["ci95_low"] > 0
     noise = paired_bootstrap(base + rng.normal(0, 0.1, 200), base)
     assert noise["ci95_low"] < 0 < noise["ci95_high"]
+
+
+def test_transcript_split_is_fixed_per_transcript_and_uses_both_halves() -> None:
+    from emoguide.evaluation.interventions import SPLITS, transcript_split
+
+    ids = [str(i) for i in range(200)]
+    assert [transcript_split(t) for t in ids] == [transcript_split(t) for t in ids]
+    counts = {s: sum(transcript_split(t) == s for t in ids) for s in SPLITS}
+    assert set(counts) == {"tune", "report"} and min(counts.values()) > 70, counts
+
+
+def test_sample_prompts_renders_the_template_asked_for() -> None:
+    variant = Path(__file__).parents[1] / "benchmarks" / "prompt_variants" / "intervention_v2.yaml"
+    rows = sample_prompts(annomi_utterances(_annomi()), 1, ("text",), template=str(variant))
+    assert {r["template"] for r in rows} == {"intervention_v2"}
+    assert "Example of the shape" in json.loads(rows[0]["prompt"])[0]["content"]

@@ -14,6 +14,7 @@ from emoguide.evaluation.judge import (
     CRITERIA,
     JUDGEMENTS,
     judge_messages,
+    judge_replies,
     judge_run,
     load_rubric,
     parse_judgement,
@@ -152,7 +153,7 @@ def smollm2():
     from models.registry import ModelNotFoundError, resolve
 
     try:
-        model = resolve("llm")
+        model = resolve("llm", "smollm2-135m-instruct")
     except ModelNotFoundError as exc:
         pytest.skip(f"offline SmolLM2 not installed: {exc}")
     return TransformersGenerator(model, max_new_tokens=64, batch_size=4)
@@ -256,10 +257,17 @@ def test_the_judge_grammar_only_admits_parseable_judgements():
     from models.llm import LlamaCppGenerator
     from models.registry import resolve
 
-    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-0.5b-instruct"), max_new_tokens=96, n_ctx=2048,
+    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-coder-0.5b-instruct"), max_new_tokens=96, n_ctx=2048,
                             grammar=judge_grammar())
     chats = [judge_messages("Client: I can't sleep since the accident.", reply)
              for reply in ("That sounds frightening; the accident is still with you at night.", "Buy a car.")]
     for res in gen.generate(chats):
         parsed = parse_judgement(res.text, finish_reason=res.finish_reason)
         assert parsed.error is None, (parsed.error, res.text)
+    # the same judge read as distributions: an expected score per criterion, lower for the unrelated reply
+    (good, _), (bad, _) = judge_replies([("Client: I can't sleep since the accident.", reply)
+                                         for reply in ("That sounds frightening; the accident is still with you "
+                                                       "at night.", "Buy a car.")], gen)
+    for parsed in (good, bad):
+        assert set(parsed.expected) == set(CRITERIA) and all(1 <= v <= 5 for v in parsed.expected.values())
+    assert sum(good.expected.values()) > sum(bad.expected.values()), (good.expected, bad.expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from emoguide.prompts.build import build_prompts, prompt_messages
@@ -116,7 +117,7 @@ def test_bad_model_paths(tmp_path):
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     try:
-        model = resolve("llm")
+        model = resolve("llm", "smollm2-135m-instruct")
     except ModelNotFoundError as exc:
         pytest.skip(f"offline SmolLM2 weights not installed: {exc}")
     assert model.source == "package" and model.path.suffix == ".gguf"
@@ -197,7 +198,7 @@ def _session() -> list[dict]:
 def qwen_small():
     from models.llm import LlamaCppGenerator
 
-    return LlamaCppGenerator(resolve("llm", "qwen2.5-0.5b-instruct"), max_new_tokens=12, n_ctx=1024)
+    return LlamaCppGenerator(resolve("llm", "qwen2.5-coder-0.5b-instruct"), max_new_tokens=12, n_ctx=1024)
 
 
 def test_llamacpp_generates_in_input_order_and_repeatably(qwen_small):
@@ -213,7 +214,7 @@ def test_llamacpp_grammar_constrains_the_reply():
     from models.llm import LlamaCppGenerator
 
     grammar = 'root ::= "score: " [1-5]'
-    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-0.5b-instruct"), max_new_tokens=8, n_ctx=1024, grammar=grammar)
+    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-coder-0.5b-instruct"), max_new_tokens=8, n_ctx=1024, grammar=grammar)
     [res] = gen.generate([[{"role": "user", "content": "Rate this reply from 1 to 5: 'You sound tired.'"}]])
     assert res.text in {f"score: {i}" for i in range(1, 6)}
     assert gen.params()["grammar"] == grammar
@@ -223,7 +224,7 @@ def test_load_generator_names_the_engines():
     from models.llm import load_generator
 
     with pytest.raises(ValueError, match="llamacpp, transformers"):
-        load_generator("onnx", resolve("llm"))
+        load_generator("onnx", resolve("llm", "smollm2-135m-instruct"))
     with pytest.raises(ValueError, match="needs a .gguf"):
         load_generator("llamacpp", resolve("embedding"))
 
@@ -244,3 +245,20 @@ def test_clean_reply_removes_only_a_leading_label_and_wrapping_quotes(raw, clean
     from models.llm import clean_reply
 
     assert clean_reply(raw) == clean
+
+
+def test_llamacpp_choice_probs_match_greedy_decoding():
+    """The distribution read at a prefix agrees with what greedy decoding writes there, and reading it after
+    generate() reuses the cached chat."""
+    from models.llm import LlamaCppGenerator
+
+    grammar = 'root ::= "score: " [1-5]'
+    gen = LlamaCppGenerator(resolve("llm", "qwen2.5-coder-0.5b-instruct"), max_new_tokens=8, n_ctx=1024, grammar=grammar)
+    chat = [{"role": "user", "content": "Rate this reply from 1 to 5: 'You sound tired.'"}]
+    [res] = gen.generate([chat])
+    probs = gen.choice_probs(chat, ["score: ", "score: "], ["1", "2", "3", "4", "5"])
+    assert probs.shape == (2, 5) and np.allclose(probs.sum(axis=1), 1)
+    assert np.allclose(probs[0], probs[1])  # a prefix already evaluated gives the same distribution again
+    assert res.text == f"score: {int(probs[0].argmax()) + 1}"
+    with pytest.raises(ValueError, match="exactly one token"):
+        gen.choice_probs(chat, ["score: "], ["12345 and more"])

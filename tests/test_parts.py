@@ -77,7 +77,7 @@ def test_a_split_zip_is_extracted(site: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
 
 
-@pytest.mark.parametrize("name", ["qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct"])
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"])
 def test_registry_resolves_the_real_split_gguf(name: str) -> None:
     model = resolve("llm", name)
     assert model.source == "package" and model.path.suffix == ".gguf"
@@ -90,7 +90,7 @@ def test_registry_refuses_tampered_pins(monkeypatch: pytest.MonkeyPatch) -> None
 
     from models import registry
 
-    spec = registry.SPECS["qwen2.5-0.5b-instruct"]
+    spec = registry.SPECS["qwen2.5-coder-0.5b-instruct"]
     tampered = replace(spec, split=replace(spec.split, sha256="f" * 64))
     monkeypatch.setitem(registry.SPECS, spec.name, tampered)
     monkeypatch.setenv("EMOGUIDE_JOINED", str(Path(registry.cache_dir()) / "tampered"))

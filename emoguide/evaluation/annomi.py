@@ -216,17 +216,23 @@ def _judge_sample(sample: list[dict[str, Any]], generator: Any, rb: Rubric) -> f
     judged = judge_replies([(s["context"], s["reply"]) for s in sample], generator, rb)
     wall = time.perf_counter() - t0
     for s, (p, raw) in zip(sample, judged, strict=True):
-        s["scores"], s["error"], s["raw"] = p.scores, p.error, raw
+        s["scores"], s["expected"], s["error"], s["raw"] = p.scores, p.expected, p.error, raw
         s["mean_score"] = float(np.mean(list(p.scores.values()))) if p.scores else None
+        s["mean_expected"] = float(np.mean(list(p.expected.values()))) if p.expected else None
     return wall
 
 
-def _transcript_means(ok: Sequence[dict[str, Any]], key: str | None) -> tuple[list[float], list[int]]:
-    """Per transcript (sorted by id): the mean score (of ``key``, or of the utterances' means) and high = 1."""
+def _transcript_means(
+    ok: Sequence[dict[str, Any]], key: str | None, kind: str = "scores"
+) -> tuple[list[float], list[int]]:
+    """Per transcript (sorted by id): the mean score (of ``key``, or of the utterances' means) and high = 1.
+
+    ``kind`` is ``scores`` (the digits the judge wrote) or ``expected`` (:func:`judge.expected_scores`)."""
+    mean_key = "mean_score" if kind == "scores" else "mean_expected"
     by_t: dict[str, list[float]] = {}
     label: dict[str, int] = {}
     for s in ok:
-        by_t.setdefault(s["transcript_id"], []).append(s["mean_score"] if key is None else s["scores"][key])
+        by_t.setdefault(s["transcript_id"], []).append(s[mean_key] if key is None else s[kind][key])
         label[s["transcript_id"]] = int(s["mi_quality"] == "high")
     tids = sorted(by_t)
     return [float(np.mean(by_t[t])) for t in tids], [label[t] for t in tids]
@@ -262,9 +268,11 @@ def _auc_ci(scores: list[float], labels: list[int], n_boot: int, seed: int) -> l
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
-def _mi_quality_auc(ok: Sequence[dict[str, Any]], rb: Rubric, n_boot: int, seed: int) -> dict[str, Any]:
+def _mi_quality_auc(
+    ok: Sequence[dict[str, Any]], rb: Rubric, n_boot: int, seed: int, kind: str = "scores"
+) -> dict[str, Any]:
     """How well the transcript-level mean judge score separates high from low MI quality."""
-    scores, labels = _transcript_means(ok, None)
+    scores, labels = _transcript_means(ok, None, kind)
     auc_all = _auc(scores, labels)
     n_high = sum(labels)
     return {
@@ -272,7 +280,7 @@ def _mi_quality_auc(ok: Sequence[dict[str, Any]], rb: Rubric, n_boot: int, seed:
         "ci95": _auc_ci(scores, labels, n_boot, seed) if auc_all is not None else None,
         "n_transcripts_high": n_high,
         "n_transcripts_low": len(labels) - n_high,
-        "per_criterion": {c: _auc(*_transcript_means(ok, c)) for c in rb.criterion_names},
+        "per_criterion": {c: _auc(*_transcript_means(ok, c, kind)) for c in rb.criterion_names},
         "mean_score_high": float(np.mean([s for s, y in zip(scores, labels, strict=True) if y])) if n_high else None,
         "mean_score_low": float(np.mean([s for s, y in zip(scores, labels, strict=True) if not y]))
         if len(labels) > n_high
@@ -346,7 +354,8 @@ def evaluate_judge(
     criteria) for high vs low ``mi_quality`` with a stratified
     bootstrap 95% CI (scipy.stats.bootstrap resampling high and low transcripts separately), per-criterion
     AUCs, the mean judge score per expert behaviour label with a Kruskal-Wallis p, the agreement of
-    :func:`reply_form`'s surface rules with the expert behaviour codes, and timing.
+    :func:`reply_form`'s surface rules with the expert behaviour codes, and timing. With an engine that exposes
+    its score distributions, the AUC is also given for the expected scores (``mi_quality_auc_expected``).
     """
     rb = load_rubric(rubric)
     sample = annomi_sample(csv_path, per_transcript, seed, context_turns)
@@ -374,6 +383,9 @@ def evaluate_judge(
             c: {str(k): sum(1 for s in ok if s["scores"][c] == k) for k in range(1, 6)} for c in rb.criterion_names
         },
         "mi_quality_auc": _mi_quality_auc(ok, rb, n_boot, seed),
+        "mi_quality_auc_expected": _mi_quality_auc(ok, rb, n_boot, seed, "expected")
+        if ok and all(s["expected"] for s in ok)
+        else None,
         "by_behaviour": by_behaviour,
         "behaviour_kruskal_p": kw_p,
         "form_rules": _form_rules(sample),

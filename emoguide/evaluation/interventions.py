@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from emoguide.evaluation.reference import reply_form
-from emoguide.prompts.build import build_prompts
+from emoguide.prompts.build import DEFAULT_TEMPLATE, build_prompts
 from emoguide.session.dissonance import annotate
 from models.emotion import LABELS, valence_arousal
 
+SPLITS = ("tune", "report")  # prompt wording is tuned on one half of the transcripts and reported on the other
 CUE_DIRICHLET_ALPHA = 0.6  # < 1: peaked distributions, as the classifiers give; a mix of agreeing and clashing turns
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +112,12 @@ def _rng(*keys: object) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(str(k).encode()) for k in keys])
 
 
+def transcript_split(session_id: str) -> str:
+    """``tune`` or ``report``, fixed per transcript by a hash of its id, so that what a prompt wording was
+    chosen on is never what its figures are reported on."""
+    return SPLITS[zlib.crc32(f"split:{session_id}".encode()) % len(SPLITS)]
+
+
 def synthetic_cues(session_id: str, utt_id: int) -> dict[str, Any]:
     """Face and voice readings for one client utterance, repeatable from its ids."""
     rng = _rng(session_id, utt_id, "cues")
@@ -155,9 +162,10 @@ def sample_prompts(
     conditions: Sequence[str],
     seed: int = 0,
     context_turns: int = 6,
+    template: str = DEFAULT_TEMPLATE,
 ) -> list[dict[str, Any]]:
     """Prompt rows for ``n_turns`` client turns (one per transcript, transcripts in a seeded order)."""
-    rows = build_prompts(utterances, conditions, context_turns)
+    rows = build_prompts(utterances, conditions, context_turns, template)
     by_turn: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for row in rows:
         by_turn.setdefault((row["session_id"], row["utt_id"]), []).append(row)

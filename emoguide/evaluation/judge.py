@@ -39,11 +39,12 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -66,6 +67,7 @@ JUDGEMENTS = pa.schema(
         ("judge", pa.string()),
         ("criterion", pa.string()),  # empathy | comprehensiveness | applicability
         ("score", pa.int8()),  # 1..5, null on a parse failure
+        ("expected_score", pa.float32()),  # sum of k * P(k) over the judge's score distribution; null if not read
         ("rationale", pa.string()),
         ("parse_error", pa.string()),  # null when parsed
         ("rubric", pa.string()),  # e.g. judge_v1
@@ -157,11 +159,15 @@ def judge_messages(context: str, reply: str, rubric: Rubric | str = DEFAULT_RUBR
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ParsedJudgement:
-    """Scores and reasons per criterion, or ``error`` (then ``scores`` and ``rationales`` are empty)."""
+    """Scores and reasons per criterion, or ``error`` (then ``scores`` and ``rationales`` are empty).
+
+    ``expected`` holds, per criterion, the mean of the judge's own distribution over 1-5 at the point it
+    wrote the score (engines that expose it; see :func:`expected_scores`)."""
 
     scores: dict[str, int]
     rationales: dict[str, str]
     error: str | None
+    expected: dict[str, float] = field(default_factory=dict)
 
 
 _LINE = re.compile(r"(?P<key>[^:\n]*):[ \t]*(?P<score>[^|\s]*)[ \t]*\|(?P<why>.*)")
@@ -254,6 +260,44 @@ def transcript_context(prompt: str | Sequence[Mapping[str, str]]) -> str:
     return "\n".join(users).strip()  # no transcript block: the user text (neutralised when rendered)
 
 
+def expected_scores(generator: Any, chat: Sequence[Mapping[str, str]], text: str) -> dict[str, float]:
+    """Per criterion of a parsed judgement ``text``, the expected score under the judge's distribution over
+    1-5 where it wrote that score, given everything it wrote before.
+
+    Greedy decoding turns a judge that leans 55/45 between 4 and 5 into a flat 5, and small judges give
+    most replies the same digit; the expectation keeps the lean, which is what ranks replies.
+    """
+    prefixes, names, offset = [], [], 0
+    for line in text.split("\n"):
+        m = _LINE.fullmatch(line)
+        if m is None:
+            raise ValueError(f"not a judgement line: {_quote(line)}")
+        prefixes.append(text[: offset + m.start("score")])
+        names.append(m.group("key"))
+        offset += len(line) + 1
+    probs = generator.choice_probs(chat, prefixes, list(_SCORES))
+    values = np.array(list(_SCORES.values()), dtype=np.float64)
+    return {name: round(float(p @ values), 4) for name, p in zip(names, probs, strict=True)}
+
+
+def _judge_batch(
+    chats: Sequence[list[dict[str, str]]], generator: Any, names: Sequence[str]
+) -> list[tuple[ParsedJudgement, str | None]]:
+    """Judge chats; with an engine that exposes its distributions, one at a time so that reading the expected
+    scores finds the chat still in its cache."""
+    if not hasattr(generator, "choice_probs"):
+        results = generator.generate(chats)
+        return [(parse_judgement(r.text, names, getattr(r, "finish_reason", None)), r.text) for r in results]
+    out = []
+    for chat in chats:
+        res = generator.generate([chat])[0]
+        parsed = parse_judgement(res.text, names, res.finish_reason)
+        if parsed.error is None:
+            parsed = replace(parsed, expected=expected_scores(generator, chat, res.text))
+        out.append((parsed, res.text))
+    return out
+
+
 def judge_replies(
     items: Sequence[tuple[str, str | None]],
     generator: Any,
@@ -276,9 +320,9 @@ def judge_replies(
     t0 = time.perf_counter()
     for start in range(0, len(todo), batch):
         idx = todo[start : start + batch]
-        results = generator.generate([judge_messages(items[i][0], str(items[i][1]), rb) for i in idx])
-        for i, res in zip(idx, results, strict=True):
-            out[i] = (parse_judgement(res.text, names, getattr(res, "finish_reason", None)), res.text)
+        judged = _judge_batch([judge_messages(items[i][0], str(items[i][1]), rb) for i in idx], generator, names)
+        for i, pair in zip(idx, judged, strict=True):
+            out[i] = pair
         log.info("judged %d/%d replies (%.1f s)", min(start + batch, len(todo)), len(todo), time.perf_counter() - t0)
     return [o for o in out if o is not None]
 
@@ -292,6 +336,7 @@ def _judgement_rows(
             "judge": judge_name,
             "criterion": c,
             "score": parsed.scores.get(c),
+            "expected_score": parsed.expected.get(c),
             "rationale": parsed.rationales.get(c),
             "parse_error": parsed.error,
             "rubric": rb.id,
