@@ -125,11 +125,13 @@ def _previous_replies(folder: Path) -> dict[str, tuple[list[str | None], dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from emoguide.evaluation.interventions import SPLITS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--annomi", type=Path, default=REPO.parent / "shared" / "data" / "annomi" / "AnnoMI-dev.csv")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="MODEL:ENGINE; the first is the baseline")
     ap.add_argument("--turns", type=int, default=40)
-    ap.add_argument("--split", choices=("tune", "report"), default="report",
+    ap.add_argument("--split", choices=SPLITS, default="report",
                     help="transcripts to sample: choose wordings on `tune`, report figures on `report`")
     ap.add_argument("--template", default=None, help="prompt template (default: the run's default)")
     ap.add_argument("--max-new-tokens", type=int, default=96)

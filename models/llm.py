@@ -71,6 +71,11 @@ def clean_reply(text: str) -> str:
     return t
 
 
+def _plain_chat(chat: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """A chat as the plain role/content dicts llama.cpp's chat formatter takes."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has native bf16 kernels here (AVX512-BF16 / AMX): bf16 then beats fp32 on CPU."""
     import torch
@@ -382,8 +387,7 @@ class LlamaCppGenerator(_Sampling):
 
     def generate(self, prompts: Sequence[Sequence[Mapping[str, str]]]) -> list[GenerationResult]:
         """One :class:`GenerationResult` per chat, in input order."""
-        chats = [[{"role": str(m["role"]), "content": str(m["content"])} for m in chat] for chat in prompts]
-        return [self._one(chat) for chat in chats]
+        return [self._one(_plain_chat(chat)) for chat in prompts]
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -444,8 +448,7 @@ class LlamaCppGenerator(_Sampling):
         Only tokens the KV cache does not already hold are evaluated, so right after :meth:`generate` on the
         same chat, prefixes of the generated reply cost a few tokens each.
         """
-        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
-        prompt = self._format(messages=messages).prompt
+        prompt = self._format(messages=_plain_chat(chat)).prompt
         rows = []
         for prefix in prefixes:
             head = self._tokens(prompt + prefix)

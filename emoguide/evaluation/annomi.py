@@ -218,7 +218,6 @@ def _judge_sample(sample: list[dict[str, Any]], generator: Any, rb: Rubric) -> f
     for s, (p, raw) in zip(sample, judged, strict=True):
         s["scores"], s["expected"], s["error"], s["raw"] = p.scores, p.expected, p.error, raw
         s["mean_score"] = float(np.mean(list(p.scores.values()))) if p.scores else None
-        s["mean_expected"] = float(np.mean(list(p.expected.values()))) if p.expected else None
     return wall
 
 
@@ -228,11 +227,11 @@ def _transcript_means(
     """Per transcript (sorted by id): the mean score (of ``key``, or of the utterances' means) and high = 1.
 
     ``kind`` is ``scores`` (the digits the judge wrote) or ``expected`` (:func:`judge.expected_scores`)."""
-    mean_key = "mean_score" if kind == "scores" else "mean_expected"
     by_t: dict[str, list[float]] = {}
     label: dict[str, int] = {}
     for s in ok:
-        by_t.setdefault(s["transcript_id"], []).append(s[mean_key] if key is None else s[kind][key])
+        value = np.mean(list(s[kind].values())) if key is None else s[kind][key]
+        by_t.setdefault(s["transcript_id"], []).append(float(value))
         label[s["transcript_id"]] = int(s["mi_quality"] == "high")
     tids = sorted(by_t)
     return [float(np.mean(by_t[t])) for t in tids], [label[t] for t in tids]
