@@ -3,7 +3,8 @@
 Each model answers the same prompts: ``--turns`` client turns (one per transcript, seeded), each under the
 ``text`` condition and the ``dissonance`` condition (synthetic, well-formed cues). AnnoMI's transcripts are
 split in two halves by a hash of their id (``transcript_split``): prompt wordings are compared on ``tune``
-(``--template``, e.g. the variants in ``benchmarks/prompt_variants/``) and figures are reported on ``report``.
+(``--template``, e.g. the variants in ``benchmarks/prompt_variants/``, and ``--repetition-penalty``) and figures are
+reported on ``report``.
 Per model: on-task rate, similarity to the therapist's real reply (MiniLM and MPNet) and reply form against
 the expert codes, each with a bootstrap CI; against the baseline model, paired bootstrap CIs of the
 differences. Replies are kept (``replies.jsonl``) with a blinded sample of 30 for the hand check of the
@@ -39,8 +40,10 @@ EMBEDDINGS = ("all-minilm-l6-v2", "all-mpnet-base-v2")
 HAND_CHECK_N = 30
 
 
-def generate(pair: str, rows: list[dict], max_new_tokens: int) -> tuple[list[str | None], dict]:
-    """Replies of one model to every prompt row, with timing."""
+def generate(
+    pair: str, rows: list[dict], max_new_tokens: int, repetition_penalty: float | None
+) -> tuple[list[str | None], dict]:
+    """Replies of one model to every prompt row, with timing (a run's sampling settings unless overridden)."""
     from emoguide.prompts.build import prompt_messages
     from models.registry import resolve
     from ray_jobs.config import load_config
@@ -49,6 +52,8 @@ def generate(pair: str, rows: list[dict], max_new_tokens: int) -> tuple[list[str
     name, engine = pair.split(":")
     settings = load_config(None).generation  # a run's sampling settings, with this engine and model
     settings.engine, settings.model, settings.max_new_tokens = engine, name, max_new_tokens
+    if repetition_penalty is not None:
+        settings.repetition_penalty = repetition_penalty
     gen = cpu_generator(settings, resolve("llm", name))
     t0 = time.perf_counter()
     results = gen.generate([prompt_messages(r) for r in rows])
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="transcripts to sample: choose wordings on `tune`, report figures on `report`")
     ap.add_argument("--template", default=None, help="prompt template (default: the run's default)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--repetition-penalty", type=float, default=None, help="default: the run's")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--hand-check", type=Path, help="score a labelled hand_check.csv and exit")
     ap.add_argument("--rescore", action="store_true", help="score the replies already in --out again (no generation)")
@@ -161,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     scored, report = {}, {"data": str(args.annomi), "split": args.split, "template": template,
                           "turns": args.turns, "conditions": list(CONDITIONS),
-                          "max_new_tokens": args.max_new_tokens, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "max_new_tokens": args.max_new_tokens,
+                          "repetition_penalty": (args.repetition_penalty if args.repetition_penalty is not None
+                                                         else load_config(None).generation.repetition_penalty),
+                          "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{os.cpu_count()} CPU cores", "models": {}}
     previous = _previous_replies(args.out) if args.rescore else {}
     with (args.out / ("replies.jsonl.new" if args.rescore else "replies.jsonl")).open("w") as fh:
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rescore:
                 replies, timing = previous[pair]
             else:
-                replies, timing = generate(pair, rows, args.max_new_tokens)
+                replies, timing = generate(pair, rows, args.max_new_tokens, args.repetition_penalty)
             scored[pair] = score_replies(rows, replies, encoders)
             report["models"][pair] = {"timing": timing, **summarise(scored[pair])}
             for s in scored[pair]:
