@@ -41,9 +41,9 @@ HAND_CHECK_N = 30
 
 
 def generate(
-    pair: str, rows: list[dict], max_new_tokens: int, repetition_penalty: float | None
+    pair: str, rows: list[dict], max_new_tokens: int, repetition_penalty: float
 ) -> tuple[list[str | None], dict]:
-    """Replies of one model to every prompt row, with timing (a run's sampling settings unless overridden)."""
+    """Replies of one model to every prompt row, with timing (a run's other sampling settings)."""
     from emoguide.prompts.build import prompt_messages
     from models.registry import resolve
     from ray_jobs.config import load_config
@@ -52,8 +52,7 @@ def generate(
     name, engine = pair.split(":")
     settings = load_config(None).generation  # a run's sampling settings, with this engine and model
     settings.engine, settings.model, settings.max_new_tokens = engine, name, max_new_tokens
-    if repetition_penalty is not None:
-        settings.repetition_penalty = repetition_penalty
+    settings.repetition_penalty = repetition_penalty
     gen = cpu_generator(settings, resolve("llm", name))
     t0 = time.perf_counter()
     results = gen.generate([prompt_messages(r) for r in rows])
@@ -159,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ray_jobs.config import load_config
 
-    template = args.template or load_config(None).generation.template
+    run_defaults = load_config(None).generation
+    template = args.template or run_defaults.template
+    repetition_penalty = run_defaults.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty
     table = read_annomi(args.annomi, ["main_therapist_behaviour"])
     utterances = [u for u in annomi_utterances(table) if transcript_split(u["session_id"]) == args.split]
     rows = sample_prompts(utterances, args.turns, CONDITIONS, template=template)
@@ -167,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     scored, report = {}, {"data": str(args.annomi), "split": args.split, "template": template,
                           "turns": args.turns, "conditions": list(CONDITIONS),
-                          "max_new_tokens": args.max_new_tokens,
-                          "repetition_penalty": (args.repetition_penalty if args.repetition_penalty is not None
-                                                         else load_config(None).generation.repetition_penalty),
+                          "max_new_tokens": args.max_new_tokens, "repetition_penalty": repetition_penalty,
                           "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{os.cpu_count()} CPU cores", "models": {}}
     previous = _previous_replies(args.out) if args.rescore else {}
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rescore:
                 replies, timing = previous[pair]
             else:
-                replies, timing = generate(pair, rows, args.max_new_tokens, args.repetition_penalty)
+                replies, timing = generate(pair, rows, args.max_new_tokens, repetition_penalty)
             scored[pair] = score_replies(rows, replies, encoders)
             report["models"][pair] = {"timing": timing, **summarise(scored[pair])}
             for s in scored[pair]:
