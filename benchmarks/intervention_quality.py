@@ -26,12 +26,16 @@ import os
 import sys
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if TYPE_CHECKING:
+    from ray_jobs.config import GenerationConfig
 
 OUT = REPO / "benchmarks" / "results" / "interventions"
 MODELS = ("smollm2-135m-instruct:transformers", "qwen2.5-coder-0.5b-instruct:llamacpp", "qwen2.5-coder-1.5b-instruct:llamacpp")
@@ -40,19 +44,14 @@ EMBEDDINGS = ("all-minilm-l6-v2", "all-mpnet-base-v2")
 HAND_CHECK_N = 30
 
 
-def generate(
-    pair: str, rows: list[dict], max_new_tokens: int, repetition_penalty: float
-) -> tuple[list[str | None], dict]:
-    """Replies of one model to every prompt row, with timing (a run's other sampling settings)."""
+def generate(pair: str, rows: list[dict], settings: GenerationConfig) -> tuple[list[str | None], dict]:
+    """Replies of one model (``MODEL:ENGINE``) to every prompt row under a run's sampling ``settings``, with timing."""
     from emoguide.prompts.build import prompt_messages
     from models.registry import resolve
-    from ray_jobs.config import load_config
     from ray_jobs.generate import cpu_generator
 
     name, engine = pair.split(":")
-    settings = load_config(None).generation  # a run's sampling settings, with this engine and model
-    settings.engine, settings.model, settings.max_new_tokens = engine, name, max_new_tokens
-    settings.repetition_penalty = repetition_penalty
+    settings = replace(settings, engine=engine, model=name)
     gen = cpu_generator(settings, resolve("llm", name))
     t0 = time.perf_counter()
     results = gen.generate([prompt_messages(r) for r in rows])
@@ -158,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ray_jobs.config import load_config
 
-    run_defaults = load_config(None).generation
-    template = args.template or run_defaults.template
-    repetition_penalty = run_defaults.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty
+    settings = load_config(None).generation  # a run's sampling settings, with this benchmark's overrides
+    settings.max_new_tokens = args.max_new_tokens
+    if args.repetition_penalty is not None:
+        settings.repetition_penalty = args.repetition_penalty
+    template = args.template or settings.template
     table = read_annomi(args.annomi, ["main_therapist_behaviour"])
     utterances = [u for u in annomi_utterances(table) if transcript_split(u["session_id"]) == args.split]
     rows = sample_prompts(utterances, args.turns, CONDITIONS, template=template)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     scored, report = {}, {"data": str(args.annomi), "split": args.split, "template": template,
                           "turns": args.turns, "conditions": list(CONDITIONS),
-                          "max_new_tokens": args.max_new_tokens, "repetition_penalty": repetition_penalty,
+                          "max_new_tokens": args.max_new_tokens, "repetition_penalty": settings.repetition_penalty,
                           "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{os.cpu_count()} CPU cores", "models": {}}
     previous = _previous_replies(args.out) if args.rescore else {}
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rescore:
                 replies, timing = previous[pair]
             else:
-                replies, timing = generate(pair, rows, args.max_new_tokens, repetition_penalty)
+                replies, timing = generate(pair, rows, settings)
             scored[pair] = score_replies(rows, replies, encoders)
             report["models"][pair] = {"timing": timing, **summarise(scored[pair])}
             for s in scored[pair]:
