@@ -3,8 +3,8 @@
 Each model answers the same prompts: ``--turns`` client turns (one per transcript, seeded), each under the
 ``text`` condition and the ``dissonance`` condition (synthetic, well-formed cues). AnnoMI's transcripts are
 split in two halves by a hash of their id (``transcript_split``): prompt wordings are compared on ``tune``
-(``--template``, e.g. the variants in ``benchmarks/prompt_variants/``, and ``--repetition-penalty``) and figures are
-reported on ``report``.
+(``--template``, e.g. the variants in ``benchmarks/prompt_variants/``, ``--repetition-penalty`` and
+``--context-contrast``) and figures are reported on ``report``.
 Per model: on-task rate, similarity to the therapist's real reply (MiniLM and MPNet) and reply form against
 the expert codes, each with a bootstrap CI; against the baseline model, paired bootstrap CIs of the
 differences. Replies are kept (``replies.jsonl``) with a blinded sample of 30 for the hand check of the
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template", default=None, help="prompt template (default: the run's default)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--repetition-penalty", type=float, default=None, help="default: the run's")
+    ap.add_argument("--context-contrast", type=float, default=None, help="default: the run's")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--hand-check", type=Path, help="score a labelled hand_check.csv and exit")
     ap.add_argument("--rescore", action="store_true", help="score the replies already in --out again (no generation)")
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.max_new_tokens = args.max_new_tokens
     if args.repetition_penalty is not None:
         settings.repetition_penalty = args.repetition_penalty
+    if args.context_contrast is not None:
+        settings.context_contrast = args.context_contrast
     template = args.template or settings.template
     table = read_annomi(args.annomi, ["main_therapist_behaviour"])
     utterances = [u for u in annomi_utterances(table) if transcript_split(u["session_id"]) == args.split]
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     scored, report = {}, {"data": str(args.annomi), "split": args.split, "template": template,
                           "turns": args.turns, "conditions": list(CONDITIONS),
                           "max_new_tokens": args.max_new_tokens, "repetition_penalty": settings.repetition_penalty,
+                          "context_contrast": settings.context_contrast,
                           "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "machine": f"{os.cpu_count()} CPU cores", "models": {}}
     previous = _previous_replies(args.out) if args.rescore else {}

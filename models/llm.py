@@ -32,7 +32,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,20 @@ def _plain_chat(chat: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
 
 
+def without_span(chat: Sequence[Mapping[str, str]], span: tuple[str, str]) -> list[dict[str, str]]:
+    """The chat with the text between ``span``'s two markers in its last message emptied: the prompt without
+    the material a reply should rest on (for interventions, the dialogue), as context-aware decoding needs."""
+    start, end = span
+    plain = _plain_chat(chat)
+    text = plain[-1]["content"]
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    if j < 0:
+        raise ValueError(f"context contrast: the last message has no {start} ... {end} block to leave out")
+    plain[-1]["content"] = text[: i + len(start)] + "\n" + text[j:]
+    return plain
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has native bf16 kernels here (AVX512-BF16 / AMX): bf16 then beats fp32 on CPU."""
     import torch
@@ -106,10 +120,23 @@ def _derived_dir(model: ResolvedModel) -> Path:
 
 
 class _Sampling:
-    """The sampling settings both CPU engines take, checked once and recorded the same way."""
+    """The sampling settings both CPU engines take, checked once and recorded the same way.
+
+    ``context_contrast`` (alpha > 0) turns on context-aware decoding (Shi et al., NAACL 2024): every token is
+    chosen from (1 + alpha) * logits(prompt) - alpha * logits(prompt with the ``contrast_span`` block
+    emptied), so what the model would write without the dialogue (a generic "Can you tell me more?") loses
+    to what the dialogue makes likely. It costs a second forward pass per token (README: Interventions).
+    """
 
     def _set_sampling(
-        self, max_new_tokens: int, temperature: float, top_p: float, seed: int, repetition_penalty: float
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        repetition_penalty: float,
+        context_contrast: float = 0.0,
+        contrast_span: tuple[str, str] | None = None,
     ) -> None:
         """Keep the settings; reject those no engine accepts, with the setting named."""
         if max_new_tokens < 1:
@@ -120,11 +147,17 @@ class _Sampling:
             raise ValueError("top_p must be in (0, 1]")
         if repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+        if context_contrast < 0:
+            raise ValueError("context_contrast must be >= 0")
+        if context_contrast and contrast_span is None:
+            raise ValueError("context_contrast needs contrast_span: the markers of the block to leave out")
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.seed = int(seed)
         self.repetition_penalty = float(repetition_penalty)
+        self.context_contrast = float(context_contrast)
+        self.contrast_span = contrast_span
 
     def _sampling_params(self) -> dict[str, Any]:
         return {
@@ -133,6 +166,7 @@ class _Sampling:
             "top_p": self.top_p,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
+            "context_contrast": self.context_contrast,
             "do_sample": self.temperature > 0,
         }
 
@@ -167,13 +201,17 @@ class TransformersGenerator(_Sampling):
         *,
         dtype: str = "auto",
         repetition_penalty: float = 1.0,
+        context_contrast: float = 0.0,
+        contrast_span: tuple[str, str] | None = None,
         cache_derived: bool = True,
         attn_implementation: str | None = None,
         cache_implementation: str | None = None,
     ) -> None:
         import torch
 
-        self._set_sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty)
+        self._set_sampling(
+            max_new_tokens, temperature, top_p, seed, repetition_penalty, context_contrast, contrast_span
+        )
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if num_threads is not None:
@@ -268,17 +306,20 @@ class TransformersGenerator(_Sampling):
     def generate(self, prompts: Sequence[Sequence[Mapping[str, str]]]) -> list[GenerationResult]:
         """One :class:`GenerationResult` per chat, in input order."""
         texts = [self.render(chat) for chat in prompts]
+        span = self.contrast_span if self.context_contrast else None
+        plain = [self.render(without_span(chat, span)) for chat in prompts] if span else []
         # Chat templates already insert BOS/special tokens where the model expects them.
         lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch
         results: list[GenerationResult | None] = [None] * len(texts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            for i, res in zip(idx, self._generate_batch([texts[i] for i in idx]), strict=True):
+            batch = self._generate_batch([texts[i] for i in idx], [plain[i] for i in idx] if plain else None)
+            for i, res in zip(idx, batch, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, texts: list[str]) -> list[GenerationResult]:
+    def _generate_batch(self, texts: list[str], plain: list[str] | None) -> list[GenerationResult]:
         torch = self._torch
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         sample = self.temperature > 0
@@ -292,6 +333,15 @@ class TransformersGenerator(_Sampling):
             kwargs["repetition_penalty"] = self.repetition_penalty
         if self.cache_implementation:
             kwargs["cache_implementation"] = self.cache_implementation
+        if self.context_contrast and plain is not None:
+            # transformers' classifier-free guidance with the emptied prompt as the negative prompt is
+            # context-aware decoding: scale * cond - (scale - 1) * uncond, in log-probabilities
+            neg = self.tokenizer(plain, return_tensors="pt", padding=True, add_special_tokens=False)
+            kwargs.update(
+                guidance_scale=1.0 + self.context_contrast,
+                negative_prompt_ids=neg["input_ids"],
+                negative_prompt_attention_mask=neg["attention_mask"],
+            )
         if sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
             torch.manual_seed(self.seed)  # same seed per batch: reproducible for a given batching
@@ -326,7 +376,9 @@ class LlamaCppGenerator(_Sampling):
     cache and its state kept, so a prompt's reply never depends on which prompts ran before it (reusing
     whatever prefix happened to be cached would change the floating-point path) and conditions are
     compared on equal terms. ``seed`` fixes sampling when ``temperature > 0``; at 0 decoding is greedy.
-    ``grammar`` (GBNF) constrains every reply, e.g. to the judge's line format.
+    ``grammar`` (GBNF) constrains every reply, e.g. to the judge's line format. With ``context_contrast`` a
+    second context on the same (memory-mapped) weights evaluates each prompt without its ``contrast_span``
+    block, token by token beside the first.
     """
 
     def __init__(
@@ -339,6 +391,8 @@ class LlamaCppGenerator(_Sampling):
         num_threads: int | None = None,
         *,
         repetition_penalty: float = 1.0,
+        context_contrast: float = 0.0,
+        contrast_span: tuple[str, str] | None = None,
         n_ctx: int = 4096,
         grammar: str | None = None,
         prefix_marker: str | None = None,
@@ -352,7 +406,9 @@ class LlamaCppGenerator(_Sampling):
                 "or set generation.engine: transformers"
             ) from exc
 
-        self._set_sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty)
+        self._set_sampling(
+            max_new_tokens, temperature, top_p, seed, repetition_penalty, context_contrast, contrast_span
+        )
         path = Path(model.path)
         if path.suffix != ".gguf":
             raise ValueError(f"{path}: the llamacpp engine needs a .gguf file")
@@ -361,13 +417,9 @@ class LlamaCppGenerator(_Sampling):
         self.grammar = LlamaGrammar.from_string(grammar, verbose=False) if grammar else None
         self.prefix_marker = prefix_marker
         t0 = time.perf_counter()
-        self.llm = Llama(
-            model_path=str(path),
-            n_ctx=int(n_ctx),
-            n_threads=num_threads or os.cpu_count(),
-            seed=self.seed,
-            verbose=False,
-        )
+        settings = {"model_path": str(path), "n_ctx": int(n_ctx), "n_threads": num_threads or os.cpu_count()}
+        self.llm = Llama(**settings, seed=self.seed, verbose=False)
+        self._plain_llm = Llama(**settings, seed=self.seed, verbose=False) if self.context_contrast else None
         self.load_seconds = time.perf_counter() - t0
         self.loaded_from = str(path)
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -379,7 +431,7 @@ class LlamaCppGenerator(_Sampling):
             eos_token=vocab.token_get_text(self.llm.token_eos()),
             bos_token=vocab.token_get_text(self.llm.token_bos()),
         )
-        self._prefix: tuple[list[int], Any] | None = None  # (tokens, saved state) of the last prefix
+        self._prefixes: dict[int, tuple[list[int], Any]] = {}  # per context: (tokens, saved state) of its last prefix
 
     def params(self) -> dict[str, Any]:
         """The sampling parameters to record next to each generation (``interventions.parquet.params``)."""
@@ -405,19 +457,38 @@ class LlamaCppGenerator(_Sampling):
         n = len(os.path.commonprefix([full, head]))
         return full[: min(n, len(full) - 1)]  # at least one token left to evaluate: it gives the first logits
 
-    def _prime(self, chat: list[dict[str, str]]) -> None:
-        """Leave the KV cache holding exactly this prompt's prefix, evaluated from empty."""
+    def _prime(self, llm: Any, chat: list[dict[str, str]]) -> None:
+        """Leave ``llm``'s KV cache holding exactly this prompt's prefix, evaluated from empty."""
         tokens = self._prefix_tokens(chat)
-        if self._prefix is not None and self._prefix[0] == tokens:
-            self.llm.load_state(self._prefix[1])
+        kept = self._prefixes.get(id(llm))
+        if kept is not None and kept[0] == tokens:
+            llm.load_state(kept[1])
             return
-        self.llm.reset()
+        llm.reset()
         if tokens:
-            self.llm.eval(tokens)
-            self._prefix = (tokens, self.llm.save_state())
+            llm.eval(tokens)
+            self._prefixes[id(llm)] = (tokens, llm.save_state())
+
+    def _contrast(self, chat: list[dict[str, str]]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """The logits processor of context-aware decoding for one reply to ``chat`` (see :class:`_Sampling`)."""
+        assert self._plain_llm is not None and self.contrast_span is not None
+        plain_llm, alpha = self._plain_llm, self.context_contrast
+        plain_chat = without_span(chat, self.contrast_span)
+        self._prime(plain_llm, plain_chat)  # as for the prompt: the reply must not depend on the one before
+        head = self._tokens(self._format(messages=plain_chat).prompt)
+        n_prompt: list[int] = []  # the first call sees the prompt alone; later ones, the reply so far after it
+
+        def processor(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            if not n_prompt:
+                n_prompt.append(len(input_ids))
+            plain = _eval_to(plain_llm, head + [int(t) for t in input_ids[n_prompt[0] :]])
+            return ((1 + alpha) * scores - alpha * plain).astype(np.single)
+
+        return processor
 
     def _one(self, chat: list[dict[str, str]]) -> GenerationResult:
-        self._prime(chat)
+        self._prime(self.llm, chat)
+        contrast = [self._contrast(chat)] if self._plain_llm is not None else None
         out = self.llm.create_chat_completion(
             messages=chat,
             max_tokens=self.max_new_tokens,
@@ -427,6 +498,7 @@ class LlamaCppGenerator(_Sampling):
             repeat_penalty=self.repetition_penalty,
             seed=self.seed,
             grammar=self.grammar,
+            logits_processor=contrast,
         )
         choice, usage = out["choices"][0], out["usage"]
         finish = FINISH_LENGTH if choice.get("finish_reason") == "length" else FINISH_STOP
@@ -453,9 +525,7 @@ class LlamaCppGenerator(_Sampling):
         for prefix in prefixes:
             head = self._tokens(prompt + prefix)
             ids = [self._choice_token(head, prompt + prefix + c) for c in choices]
-            self._eval_to(head)
-            logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))  # noqa: SLF001
-            picked = logits[ids].astype(np.float64)
+            picked = _eval_to(self.llm, head)[ids].astype(np.float64)
             probs = np.exp(picked - picked.max())
             rows.append(probs / probs.sum())
         return np.array(rows)
@@ -466,12 +536,15 @@ class LlamaCppGenerator(_Sampling):
             raise ValueError(f"{text[-40:]!r}: a choice must add exactly one token to its prefix")
         return tokens[-1]
 
-    def _eval_to(self, tokens: list[int]) -> None:
-        """Leave the KV cache holding ``tokens``, reusing the longest prefix it already holds."""
-        held = list(self.llm.input_ids[: self.llm.n_tokens])
-        keep = min(len(os.path.commonprefix([held, tokens])), len(tokens) - 1)
-        self.llm.n_tokens = keep
-        self.llm.eval(tokens[keep:])
+
+def _eval_to(llm: Any, tokens: list[int]) -> np.ndarray:
+    """The next-token logits after ``tokens``, leaving ``llm``'s KV cache holding them; the longest prefix it
+    already holds is reused, so growing a sequence one token at a time costs one token per step."""
+    held = list(llm.input_ids[: llm.n_tokens])
+    keep = min(len(os.path.commonprefix([held, tokens])), len(tokens) - 1)
+    llm.n_tokens = keep
+    llm.eval(tokens[keep:])
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()  # noqa: SLF001
 
 
 ENGINES = ("llamacpp", "transformers")  # CPU engines; "vllm" runs through ray.data.llm (ray_jobs/generate.py)

@@ -119,6 +119,8 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy: repeatable
     top_p: float = 1.0
     repetition_penalty: float = 1.1  # small models loop without it; 1.0 = off
+    # CPU engines: context-aware decoding against the prompt without its dialogue, 0 = off (README: Interventions)
+    context_contrast: float = 0.0
     seed: int = 0
     batch_size: int = 8
     num_threads: int | None = None  # CPU twin: torch threads per actor (None: torch's default)
@@ -334,6 +336,10 @@ def _validate(config: RunConfig) -> None:
     g = config.generation
     if g.engine not in GENERATION_ENGINES:
         raise ConfigError(f"generation.engine must be one of {', '.join(GENERATION_ENGINES)}, got {g.engine!r}")
+    if g.context_contrast < 0 or (g.context_contrast and g.engine == "vllm"):
+        raise ConfigError(
+            f"generation.context_contrast must be >= 0, and 0 with the vllm engine, got {g.context_contrast}"
+        )
     if not g.conditions or any(c not in CONDITIONS for c in g.conditions):
         raise ConfigError(f"generation.conditions must be a non-empty subset of {', '.join(CONDITIONS)}")
     if g.context_turns < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or not 0 < g.top_p <= 1 or g.temperature < 0:

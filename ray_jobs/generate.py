@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from emoguide.prompts.build import TRANSCRIPT_END
+from emoguide.prompts.build import TRANSCRIPT_END, TRANSCRIPT_START
 from models.llm import clean_reply
 from models.registry import ResolvedModel, on_this_machine
 from ray_jobs.config import GenerationConfig, RunConfig
@@ -102,6 +102,8 @@ def cpu_generator(c: GenerationConfig, model: ResolvedModel) -> Any:
         seed=c.seed,
         num_threads=c.num_threads,
         repetition_penalty=c.repetition_penalty,
+        context_contrast=c.context_contrast,
+        contrast_span=(TRANSCRIPT_START, TRANSCRIPT_END),
         **engine_settings,
     )
 

@@ -70,6 +70,8 @@ def test_config_overrides_and_errors(tmp_path):
         ({"asr": {"resources": {"min_actors": 3, "max_actors": 1}}}, "min_actors"),
         ({"allow_network": "yes"}, "true/false"),
         ({"speakers": {"distance_threshold": 2.5}}, "speakers.distance_threshold"),
+        ({"generation": {"context_contrast": -0.5}}, "context_contrast must be >= 0"),
+        ({"generation": {"engine": "vllm", "context_contrast": 0.5}}, "0 with the vllm engine"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, bad)

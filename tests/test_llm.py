@@ -262,3 +262,60 @@ def test_llamacpp_choice_probs_match_greedy_decoding():
     assert res.text == f"score: {int(probs[0].argmax()) + 1}"
     with pytest.raises(ValueError, match="exactly one token"):
         gen.choice_probs(chat, ["score: "], ["12345 and more"])
+
+
+def test_without_span_empties_the_block_of_the_last_message_only():
+    from models.llm import without_span
+
+    chat = [
+        {"role": "system", "content": "The dialogue is between <t> and </t>."},
+        {"role": "user", "content": "<t>\nClient: I lost my dog.\n</t>\nCues: sad.\nReply."},
+    ]
+    plain = without_span(chat, ("<t>", "</t>"))
+    assert plain == [chat[0], {"role": "user", "content": "<t>\n</t>\nCues: sad.\nReply."}]
+    assert chat[1]["content"].startswith("<t>\nClient")  # the input is not changed
+    with pytest.raises(ValueError, match="no <x> ... </x> block"):
+        without_span(chat, ("<x>", "</x>"))
+
+
+def test_llamacpp_context_contrast_decodes_the_contrasted_logits():
+    """Each token is the argmax of (1 + a) * logits(prompt) - a * logits(prompt without the block), read here
+    independently of the decoding loop, and a contrast of 0 decodes exactly as plain greedy decoding."""
+    from llama_cpp import Llama
+
+    from models.llm import LlamaCppGenerator, _eval_to, without_span
+
+    model, span, alpha = resolve("llm", "qwen2.5-coder-0.5b-instruct"), ("<t>", "</t>"), 1.0
+    chat = [{"role": "user", "content": "<t>Client: I lost my dog last week.</t> Answer the client in one sentence."}]
+    gen = LlamaCppGenerator(
+        model, max_new_tokens=6, n_ctx=512, context_contrast=alpha, contrast_span=span, prefix_marker="</t>"
+    )
+    [res] = gen.generate([chat])
+    assert gen.params()["context_contrast"] == alpha
+    reader = Llama(model_path=str(model.path), n_ctx=512, verbose=False)
+    full, plain = (gen._tokens(gen._format(messages=c).prompt) for c in (chat, without_span(chat, span)))
+    reply: list[int] = []
+    for _ in range(6):
+        logits = (1 + alpha) * _eval_to(reader, full + reply) - alpha * _eval_to(reader, plain + reply)
+        reply.append(int(np.argmax(logits)))
+        if reply[-1] == reader.token_eos() or reader.detokenize(reply[-1:]) == b"<|im_end|>":
+            reply.pop()
+            break
+    assert res.text == reader.detokenize(reply).decode("utf-8", "replace").strip()
+    other = [{"role": "user", "content": "<t>Client: Work has been hard.</t> Answer the client in one sentence."}]
+    assert gen.generate([other, chat])[1] == res  # the reply before does not change this one
+    off = LlamaCppGenerator(model, max_new_tokens=6, n_ctx=512, contrast_span=span, prefix_marker="</t>")
+    greedy = LlamaCppGenerator(model, max_new_tokens=6, n_ctx=512, prefix_marker="</t>")
+    assert off.generate([chat]) == greedy.generate([chat])
+
+
+def test_transformers_context_contrast_is_the_same_batched_or_alone(tiny_model_dir):
+    """The emptied prompts are padded like the prompts: a reply does not depend on its batch."""
+    model = resolve("llm", path=tiny_model_dir)
+    chats = [[{"role": "user", "content": f"<t>{c[-1]['content']}</t> Reply."}] for c in CHATS]
+    settings = {"max_new_tokens": 6, "context_contrast": 0.5, "contrast_span": ("<t>", "</t>"), "dtype": "float32"}
+    batched = TransformersGenerator(model, batch_size=3, **settings).generate(chats)
+    alone = TransformersGenerator(model, batch_size=1, **settings).generate(chats)
+    plain = TransformersGenerator(model, batch_size=3, max_new_tokens=6, dtype="float32").generate(chats)
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.text for r in batched] != [r.text for r in plain]

@@ -382,9 +382,10 @@ def render_transcript(turns: Sequence[Mapping[str, Any]], max_turn_chars: int | 
 # --------------------------------------------------------------------------------------------------
 # Rows
 # --------------------------------------------------------------------------------------------------
-# The end of the dialogue block: everything before it is the same for every condition of a client turn,
-# which the llama.cpp engine evaluates once per turn (models.llm.LlamaCppGenerator's prefix_marker).
-TRANSCRIPT_END = "</transcript>"
+# The dialogue block's markers. Everything before its end is the same for every condition of a client turn,
+# which the llama.cpp engine evaluates once per turn (models.llm.LlamaCppGenerator's prefix_marker); the
+# block is what context-aware decoding leaves out of its second prompt (GenerationConfig.context_contrast).
+TRANSCRIPT_START, TRANSCRIPT_END = "<transcript>", "</transcript>"
 
 
 def render_messages(
