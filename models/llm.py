@@ -320,6 +320,7 @@ class TransformersGenerator(_Sampling):
         return [r for r in results if r is not None]
 
     def _generate_batch(self, texts: list[str], plain: list[str] | None) -> list[GenerationResult]:
+        """Replies to ``texts``; ``plain`` (the same prompts with the contrast block emptied) only under a contrast."""
         torch = self._torch
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         sample = self.temperature > 0
@@ -333,7 +334,7 @@ class TransformersGenerator(_Sampling):
             kwargs["repetition_penalty"] = self.repetition_penalty
         if self.cache_implementation:
             kwargs["cache_implementation"] = self.cache_implementation
-        if self.context_contrast and plain is not None:
+        if plain is not None:
             # transformers' classifier-free guidance with the emptied prompt as the negative prompt is
             # context-aware decoding: scale * cond - (scale - 1) * uncond, in log-probabilities
             neg = self.tokenizer(plain, return_tensors="pt", padding=True, add_special_tokens=False)

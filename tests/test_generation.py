@@ -41,7 +41,7 @@ def test_one_row_per_client_turn_and_condition(run):
         assert 0 < r["n_generated_tokens"] <= 24
         assert r["model"] == "smollm2-135m-instruct"
         params = json.loads(r["params"])
-        assert params["temperature"] == 0.0 and params["max_new_tokens"] == 24 
+        assert params["temperature"] == 0.0 and params["max_new_tokens"] == 24
         following = utts[[u["utt_id"] for u in utts].index(r["utt_id"]) + 1]
         assert r["reference"] == following["text"] and following["role"] == "therapist"
         messages = json.loads(r["prompt"])
