@@ -54,7 +54,7 @@ class GenerationResult:
     text: str  # decoded reply, special tokens removed, surrounding whitespace stripped
     n_prompt_tokens: int  # tokens of the rendered chat prompt (padding excluded)
     n_generated_tokens: int  # new tokens, including the end-of-turn token when one was produced
-    finish_reason: str  # "stop" (end-of-turn token) | "length" (max_new_tokens reached)
+    finish_reason: str  # "stop" (end-of-turn token or a stop string) | "length" (max_new_tokens reached)
 
 
 _SPEAKER_LABEL = re.compile(r"^\W{0,3}(therapist|counsellor|counselor|assistant)\W{0,3}:\W{0,3}\s*", re.IGNORECASE)
@@ -69,6 +69,12 @@ def clean_reply(text: str) -> str:
     if t[:1] == '"' and (t.count('"') == 1 or (t.count('"') == 2 and t.endswith('"'))):
         t = t[1:].removesuffix('"').strip()  # quotes around the reply, or an opening one cut off with it
     return t
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """(the text before the first of the ``stop`` strings, whether one was found)."""
+    ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 def _plain_chat(chat: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
@@ -126,6 +132,8 @@ class _Sampling:
     chosen from (1 + alpha) * logits(prompt) - alpha * logits(prompt with the ``contrast_span`` block
     emptied), so what the model would write without the dialogue (a generic "Can you tell me more?") loses
     to what the dialogue makes likely. It costs a second forward pass per token (README: Interventions).
+
+    A reply ends at the first of the ``stop`` strings (not included), as at an end-of-turn token.
     """
 
     def _set_sampling(
@@ -137,6 +145,7 @@ class _Sampling:
         repetition_penalty: float,
         context_contrast: float = 0.0,
         contrast_span: tuple[str, str] | None = None,
+        stop: Sequence[str] = (),
     ) -> None:
         """Keep the settings; reject those no engine accepts, with the setting named."""
         if max_new_tokens < 1:
@@ -151,6 +160,8 @@ class _Sampling:
             raise ValueError("context_contrast must be >= 0")
         if context_contrast and contrast_span is None:
             raise ValueError("context_contrast needs contrast_span: the markers of the block to leave out")
+        if not all(stop):
+            raise ValueError("stop strings must not be empty")
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
@@ -158,6 +169,7 @@ class _Sampling:
         self.repetition_penalty = float(repetition_penalty)
         self.context_contrast = float(context_contrast)
         self.contrast_span = contrast_span
+        self.stop = list(stop)
 
     def _sampling_params(self) -> dict[str, Any]:
         return {
@@ -167,6 +179,7 @@ class _Sampling:
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
             "context_contrast": self.context_contrast,
+            "stop": self.stop,
             "do_sample": self.temperature > 0,
         }
 
@@ -203,6 +216,7 @@ class TransformersGenerator(_Sampling):
         repetition_penalty: float = 1.0,
         context_contrast: float = 0.0,
         contrast_span: tuple[str, str] | None = None,
+        stop: Sequence[str] = (),
         cache_derived: bool = True,
         attn_implementation: str | None = None,
         cache_implementation: str | None = None,
@@ -210,7 +224,7 @@ class TransformersGenerator(_Sampling):
         import torch
 
         self._set_sampling(
-            max_new_tokens, temperature, top_p, seed, repetition_penalty, context_contrast, contrast_span
+            max_new_tokens, temperature, top_p, seed, repetition_penalty, context_contrast, contrast_span, stop
         )
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -334,6 +348,11 @@ class TransformersGenerator(_Sampling):
             kwargs["repetition_penalty"] = self.repetition_penalty
         if self.cache_implementation:
             kwargs["cache_implementation"] = self.cache_implementation
+        if self.stop:  # a row that writes one stops; the string itself is cut from the text below
+            from transformers import StoppingCriteriaList
+
+            width = enc["input_ids"].shape[1]  # of the padded prompts: a reply starts there in every row
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopInReply(self.tokenizer, self.stop, width)])
         if plain is not None:
             # transformers' classifier-free guidance with the emptied prompt as the negative prompt is
             # context-aware decoding: scale * cond - (scale - 1) * uncond, in log-probabilities
@@ -357,10 +376,26 @@ class TransformersGenerator(_Sampling):
         for row, n_in in zip(new, n_prompt, strict=True):
             end = next((j for j, t in enumerate(row) if t in stops), None)
             kept = row if end is None else row[: end + 1]
-            text = clean_reply(self.tokenizer.decode(kept, skip_special_tokens=True))
-            finish = FINISH_STOP if end is not None else FINISH_LENGTH
-            results.append(GenerationResult(text, int(n_in), len(kept), finish))
+            text, stopped = cut_at_stop(self.tokenizer.decode(kept, skip_special_tokens=True), self.stop)
+            finish = FINISH_STOP if end is not None or stopped else FINISH_LENGTH
+            results.append(GenerationResult(clean_reply(text), int(n_in), len(kept), finish))
         return results
+
+
+class _StopInReply:
+    """A ``model.generate`` stopping criterion: a row is done once its reply (the tokens after the prompt)
+    holds one of the stop strings. transformers' own ``stop_strings`` also match across the end of the
+    prompt (its closing newline and a reply opening with "Therapist:" make "\\nTherapist:", and the reply
+    ends empty), which llama.cpp and vLLM, matching the generated text only, never do."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], n_prompt: int) -> None:
+        self.tokenizer, self.stop, self.n_prompt = tokenizer, list(stop), n_prompt
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        replies = self.tokenizer.batch_decode(input_ids[:, self.n_prompt :], skip_special_tokens=True)
+        return torch.tensor([cut_at_stop(r, self.stop)[1] for r in replies], device=input_ids.device)
 
 
 class LlamaCppGenerator(_Sampling):
@@ -394,6 +429,7 @@ class LlamaCppGenerator(_Sampling):
         repetition_penalty: float = 1.0,
         context_contrast: float = 0.0,
         contrast_span: tuple[str, str] | None = None,
+        stop: Sequence[str] = (),
         n_ctx: int = 4096,
         grammar: str | None = None,
         prefix_marker: str | None = None,
@@ -408,7 +444,7 @@ class LlamaCppGenerator(_Sampling):
             ) from exc
 
         self._set_sampling(
-            max_new_tokens, temperature, top_p, seed, repetition_penalty, context_contrast, contrast_span
+            max_new_tokens, temperature, top_p, seed, repetition_penalty, context_contrast, contrast_span, stop
         )
         path = Path(model.path)
         if path.suffix != ".gguf":
@@ -500,6 +536,7 @@ class LlamaCppGenerator(_Sampling):
             seed=self.seed,
             grammar=self.grammar,
             logits_processor=contrast,
+            stop=self.stop or None,
         )
         choice, usage = out["choices"][0], out["usage"]
         finish = FINISH_LENGTH if choice.get("finish_reason") == "length" else FINISH_STOP

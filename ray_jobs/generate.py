@@ -11,7 +11,8 @@ and then the LLM whole. Three engines with the same inputs and outputs:
 * ``transformers`` (CPU): an actor pool around :class:`models.llm.TransformersGenerator`, several
   prompts per forward pass (any Hugging Face causal LM, or a GGUF dequantised).
 
-Replies go through :func:`models.llm.clean_reply` on every engine (a leading "Therapist:" label removed).
+On every engine a reply ends where a line would open the transcript's next turn ("Client:", ``TURN_STARTS``)
+and goes through :func:`models.llm.clean_reply` (a leading "Therapist:" label removed).
 
 Each row keeps its prompt, the therapist's actual reply (``reference``), the model and the sampling
 parameters (``params``, JSON), so conditions can be compared under identical settings.
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from emoguide.prompts.build import TRANSCRIPT_END, TRANSCRIPT_START
+from emoguide.prompts.build import TRANSCRIPT_END, TRANSCRIPT_START, TURN_STARTS
 from models.llm import clean_reply
 from models.registry import ResolvedModel, on_this_machine
 from ray_jobs.config import GenerationConfig, RunConfig
@@ -41,6 +42,7 @@ def sampling_params(c: GenerationConfig) -> dict[str, Any]:
         "max_tokens": c.max_new_tokens,
         "seed": c.seed,
         "repetition_penalty": c.repetition_penalty,
+        "stop": list(TURN_STARTS),
     }
 
 
@@ -104,6 +106,7 @@ def cpu_generator(c: GenerationConfig, model: ResolvedModel) -> Any:
         repetition_penalty=c.repetition_penalty,
         context_contrast=c.context_contrast,
         contrast_span=(TRANSCRIPT_START, TRANSCRIPT_END),
+        stop=TURN_STARTS,
         **engine_settings,
     )
 

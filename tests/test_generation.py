@@ -113,7 +113,8 @@ def test_vllm_processor_config_builds_without_gpu():
     assert processor_config.engine_kwargs["tensor_parallel_size"] == 1
     assert processor_config.engine_kwargs["max_model_len"] == g.max_model_len
     params = sampling_params(g)
-    assert params == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 96, "seed": 0, "repetition_penalty": 1.1}
+    assert params == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 96, "seed": 0, "repetition_penalty": 1.1,
+                      "stop": ["\nTherapist:", "\nClient:", "\nUnidentified speaker:"]}  # fmt: skip
 
 
 def test_an_interventions_part_from_before_the_cue_columns_still_merges(tmp_path):
@@ -134,7 +135,7 @@ def test_the_default_cpu_llm_answers_the_client_on_task():
     from bench_generation import scripted_utterances
 
     from emoguide.evaluation.interventions import dialogue_text, off_task_rules
-    from emoguide.prompts.build import build_prompts, prompt_messages
+    from emoguide.prompts.build import TURN_STARTS, build_prompts, prompt_messages
     from ray_jobs.generate import cpu_generator
     from ray_jobs.pipeline import resolve_llm
 
@@ -147,4 +148,5 @@ def test_the_default_cpu_llm_answers_the_client_on_task():
     broken = [off_task_rules(res.text, dialogue_text(row)) for res, row in zip(results, rows)]
     assert sum(not b for b in broken) >= 3, list(zip([r.text for r in results], broken))
     assert all(not res.text.lower().startswith("therapist") for res in results)
-    assert generator.params()["engine"] == "llamacpp"
+    assert generator.params()["engine"] == "llamacpp" and generator.params()["stop"] == list(TURN_STARTS)
+    assert not any(stop in res.text for res in results for stop in TURN_STARTS)

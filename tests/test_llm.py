@@ -220,6 +220,40 @@ def test_llamacpp_grammar_constrains_the_reply():
     assert gen.params()["grammar"] == grammar
 
 
+def _stops_inside(text: str) -> list[str]:
+    """Two stop strings from within a reply, the one listed first found later in it, and one that spans
+    the end of the prompt (its closing newline, then the reply's first word): that one must not stop it."""
+    words = text.split(" ")
+    assert len(words) >= 5, text
+    return [" " + " ".join(words[3:5]), " " + words[2], "\n" + words[0]]
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "transformers"])
+def test_a_reply_ends_before_the_first_stop_string(engine):
+    """With stop strings taken from inside a greedy reply, the reply is the text before the first of them,
+    unchanged, on both engines."""
+    from models.llm import load_generator
+
+    if engine == "llamacpp":
+        model, settings = resolve("llm", "qwen2.5-coder-0.5b-instruct"), {"n_ctx": 1024}
+    else:
+        model, settings = resolve("llm", "smollm2-135m-instruct"), {"batch_size": 2}
+    chats = [[{"role": "user", "content": f"Describe a quiet {time} by the sea in two sentences."}]
+             for time in ("morning", "winter evening after a long day at work")]  # fmt: skip
+    free = load_generator(engine, model, max_new_tokens=16, **settings).generate(chats)
+    stops = _stops_inside(free[0].text)
+    gen = load_generator(engine, model, max_new_tokens=16, stop=stops, **settings)
+    stopped = gen.generate(chats)  # batched together on transformers: one row stops, the other goes on
+    assert "\n" + free[0].text.split(" ")[0] not in free[0].text  # the spanning stop string is not in the reply
+    assert stopped[0].text == free[0].text[: min(free[0].text.find(s) for s in stops[:2])].strip()
+    assert stopped[0].finish_reason == "stop" and stopped[0].n_generated_tokens < free[0].n_generated_tokens
+    if not any(s in free[1].text for s in stops):
+        assert stopped[1] == free[1]
+    assert gen.params()["stop"] == stops
+    with pytest.raises(ValueError, match="stop strings"):
+        load_generator(engine, model, stop=[""], **settings)
+
+
 def test_load_generator_names_the_engines():
     from models.llm import load_generator
 

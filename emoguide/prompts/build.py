@@ -386,6 +386,9 @@ def render_transcript(turns: Sequence[Mapping[str, Any]], max_turn_chars: int | 
 # which the llama.cpp engine evaluates once per turn (models.llm.LlamaCppGenerator's prefix_marker); the
 # block is what context-aware decoding leaves out of its second prompt (GenerationConfig.context_contrast).
 TRANSCRIPT_START, TRANSCRIPT_END = "<transcript>", "</transcript>"
+# A reply is one therapist turn. A line that opens with a speaker label starts the transcript's next turn
+# (small models go on to write the client's answer, then the therapist's), so generation stops there.
+TURN_STARTS = tuple(f"\n{name}:" for name in ROLE_NAMES.values())
 
 
 def render_messages(
