@@ -84,25 +84,44 @@ def compare(scored: dict[str, list[dict]], baseline: str) -> dict:
     return out
 
 
+LABEL_KEY = ("model", "session_id", "utt_id", "condition", "reply")
+
+
+def _label_key(item: dict) -> tuple[str, ...]:
+    """Which reply a hand label belongs to, in the form csv writes and reads back."""
+    return tuple("" if item[f] is None else str(item[f]) for f in LABEL_KEY)
+
+
+def _hand_labels(path: Path) -> dict[tuple[str, ...], str]:
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        return {_label_key(r): r["hand_on_task"] for r in csv.DictReader(fh)}
+
+
 def write_hand_check(scored: dict[str, list[dict]], rows: list[dict], folder: Path) -> None:
     """A blinded, seeded sample of replies over all models, for labelling on-task by hand.
 
-    ``hand_check.csv`` holds ids and replies (ours); the AnnoMI dialogue each reply answers goes to
-    ``hand_check_context.csv`` beside it, which is not committed (AnnoMI's text is not ours to publish).
+    ``hand_check.csv`` holds ids and replies (ours); the whole AnnoMI dialogue each reply answers goes to
+    ``hand_check_context.csv`` beside it, which is not committed (AnnoMI's text is not ours to publish): a
+    reply may repeat a turn from the start of it. Labels already given to the same reply are kept, so
+    scoring stored replies again (``--rescore``) leaves the hand check standing.
     """
     from emoguide.evaluation.interventions import dialogue_text
 
+    path = folder / "hand_check.csv"
+    labels = _hand_labels(path)
     pool = [(m, i) for m, items in scored.items() for i in range(len(items))]
     pool.sort(key=lambda mi: zlib.crc32(f"{mi[0]}:{mi[1]}".encode()))
-    with (folder / "hand_check.csv").open("w", newline="") as fh, \
-            (folder / "hand_check_context.csv").open("w", newline="") as ctx:
+    with path.open("w", newline="") as fh, (folder / "hand_check_context.csv").open("w", newline="") as ctx:
         w, c = csv.writer(fh), csv.writer(ctx)
         w.writerow(["item", "session_id", "utt_id", "condition", "reply", "hand_on_task", "rules_on_task", "model"])
         c.writerow(["item", "dialogue"])
         for n, (m, i) in enumerate(pool[:HAND_CHECK_N]):
             s = scored[m][i]
-            w.writerow([n, s["session_id"], s["utt_id"], s["condition"], s["reply"], "", int(s["on_task"]), m])
-            c.writerow([n, dialogue_text(rows[i])[-400:]])
+            label = labels.get(_label_key({**s, "model": m}), "")
+            w.writerow([n, s["session_id"], s["utt_id"], s["condition"], s["reply"], label, int(s["on_task"]), m])
+            c.writerow([n, dialogue_text(rows[i])])
 
 
 def score_hand_check(path: Path) -> dict:
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--annomi", type=Path, default=REPO.parent / "shared" / "data" / "annomi" / "AnnoMI-dev.csv")
     ap.add_argument("--models", nargs="+", default=list(MODELS), help="MODEL:ENGINE; the first is the baseline")
     ap.add_argument("--turns", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0, help="which client turns are sampled")
     ap.add_argument("--split", choices=SPLITS, default="report",
                     help="transcripts to sample: choose wordings on `tune`, report figures on `report`")
     ap.add_argument("--template", default=None, help="prompt template (default: the run's default)")
@@ -167,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     template = args.template or settings.template
     table = read_annomi(args.annomi, ["main_therapist_behaviour"])
     utterances = [u for u in annomi_utterances(table) if transcript_split(u["session_id"]) == args.split]
-    rows = sample_prompts(utterances, args.turns, CONDITIONS, template=template)
+    rows = sample_prompts(utterances, args.turns, CONDITIONS, seed=args.seed, template=template)
     encoders = embedders()
     args.out.mkdir(parents=True, exist_ok=True)
     scored, report = {}, {"data": str(args.annomi), "split": args.split, "template": template,
-                          "turns": args.turns, "conditions": list(CONDITIONS),
+                          "turns": args.turns, "seed": args.seed, "conditions": list(CONDITIONS),
                           "max_new_tokens": args.max_new_tokens, "repetition_penalty": settings.repetition_penalty,
                           "context_contrast": settings.context_contrast,
                           "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -39,6 +39,35 @@ def test_off_task_rules(reply: str, broken: list[str]) -> None:
     assert off_task_rules(reply, CLIENT) == broken
 
 
+DIALOGUE = (
+    "Therapist: So what would you like to do about the drinking over the next few weeks?\n"
+    "Client: I think I need to stop going to the pub after work, it is where it starts.\n"
+    "Client: And I feel so ashamed when my daughter sees me like that."
+)
+
+
+@pytest.mark.parametrize(
+    ("reply", "broken"),
+    [
+        # a therapist question asked again, word for word
+        ("So what would you like to do about the drinking over the next few weeks?", ["copied"]),
+        # the client's words in the client's first person: the reply speaks as the client
+        ("You know, I think I need to stop going to the pub after work.", ["copied"]),
+        # a reflection repeats the client's words but turns "I" into "you"
+        ("You need to stop going to the pub after work, it is where it starts for you.", []),
+        # seven words of the therapist's question are a shared phrase, not a copy
+        ("What would you like to do about going to the pub?", []),
+        # a word inside another counts as shared content ("shame" in "ashamed")
+        ("It sounds like you carry a lot of shame.", []),
+        # a decoding loop
+        ("I'm so glad you're taking care of the drinking. I'm so glad you're taking care of the drinking.",
+         ["looping"]),
+    ],
+)
+def test_copy_and_shared_word_rules(reply: str, broken: list[str]) -> None:
+    assert off_task_rules(reply, DIALOGUE) == broken
+
+
 def _annomi() -> pd.DataFrame:
     rows = []
     for tid in ("7", "8", "9"):
@@ -106,3 +135,30 @@ def test_sample_prompts_renders_the_template_asked_for() -> None:
     rows = sample_prompts(annomi_utterances(_annomi()), 1, ("text",), template=str(variant))
     assert {r["template"] for r in rows} == {"intervention_v2"}
     assert "Example of the shape" in json.loads(rows[0]["prompt"])[0]["content"]
+
+
+def test_a_hand_check_written_again_keeps_the_labels_of_unchanged_replies(tmp_path: Path) -> None:
+    """Scoring stored replies again rewrites hand_check.csv; a label stays with the reply it was given to."""
+    import csv
+
+    from intervention_quality import score_hand_check, write_hand_check
+
+    rows = sample_prompts(annomi_utterances(_annomi()), n_turns=2, conditions=("text",))
+    replies = ["It sounds like your drinking worries you.", None]
+    scored = {"m": [{**r, "reply": reply, "on_task": True} for r, reply in zip(rows, replies)]}
+    write_hand_check(scored, rows, tmp_path)
+    path = tmp_path / "hand_check.csv"
+    items = list(csv.DictReader(path.open()))
+    for item in items:
+        item["hand_on_task"] = "1" if item["reply"] else "0"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(items[0]))
+        writer.writeheader()
+        writer.writerows(items)
+    scored["m"][0]["reply"] = "A different reply about your marriage."
+    write_hand_check(scored, rows, tmp_path)
+    labels = {r["reply"]: r["hand_on_task"] for r in csv.DictReader(path.open())}
+    assert labels == {"A different reply about your marriage.": "", "": "0"}
+    assert score_hand_check(path)["n"] == 1
+    context = list(csv.DictReader((tmp_path / "hand_check_context.csv").open()))
+    assert all(c["dialogue"].startswith("Therapist: What brings you in today?") for c in context)

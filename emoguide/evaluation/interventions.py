@@ -10,8 +10,8 @@ whether the cues are right.
 
 Per reply it records three measures:
 
-* **on task** (:func:`off_task_rules`): a documented rule set, checked by hand on 30 replies
-  (``benchmarks/results/interventions/hand_check.csv``);
+* **on task** (:func:`off_task_rules`): a documented rule set, checked by hand on samples of 30 replies
+  (``hand_check*.csv`` under ``benchmarks/results/interventions/``);
 * **similarity** to the therapist's real reply: cosine of sentence embeddings (MiniLM and MPNet);
 * **form** (question / reflection / other, :func:`emoguide.evaluation.reference.reply_form`) next to the expert code of
   the real reply.
@@ -70,11 +70,53 @@ _STOP = frozenset(
 )
 
 
-def _content_stems(text: str) -> set[str]:
-    """First five letters of each content word (3+ letters, not a stop word, possessive dropped): a crude,
-    dependable stem."""
-    words = (w.removesuffix("'s").strip("'") for w in _WORD.findall(text.lower().replace("’", "'")))
-    return {w[:5] for w in words if len(w) >= 3 and w not in _STOP}
+COPY_WORDS = 8  # consecutive words repeated from a turn shown, or within the reply: a copy, not a shared phrase
+COPY_SHARE = 0.5  # a reply is a copy when repeated stretches make up at least this share of its words
+_FIRST_PERSON = frozenset({"i", "i'm", "im", "i've", "ive", "i'd", "i'll", "me", "my", "mine", "myself"})
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("’", "'"))
+
+
+def _content_words(text: str) -> set[str]:
+    """Content words: 3+ letters, not a stop word, possessive dropped."""
+    words = (w.removesuffix("'s").strip("'") for w in _words(text))
+    return {w for w in words if len(w) >= 3 and w not in _STOP}
+
+
+def _share_content(a: set[str], b: set[str]) -> bool:
+    """Whether two sets of content words share one: the same first five letters (a crude, dependable stem),
+    or a word of 5+ letters inside another ("shame" in "ashamed")."""
+    if {w[:5] for w in a} & {w[:5] for w in b}:
+        return True
+    return any(x in y or y in x for x in a for y in b if min(len(x), len(y)) >= 5)
+
+
+def _stretches(words: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every run of ``COPY_WORDS`` consecutive words, in order."""
+    return [tuple(words[i : i + COPY_WORDS]) for i in range(len(words) - COPY_WORDS + 1)]
+
+
+def _copies_a_turn(words: Sequence[str], dialogue: str) -> bool:
+    """Whether at least ``COPY_SHARE`` of the reply's words lie in stretches of ``COPY_WORDS`` repeated from
+    a therapist turn shown (a question asked again, often one the client has answered) or from a client
+    turn in the client's own first person (the reply speaks as the client). A reflection may repeat the
+    client's words but says "you" where they said "I"; a new reply may echo a phrase of an earlier turn."""
+    covered: set[int] = set()
+    for line in dialogue.splitlines():
+        speaker, _, said = line.partition(":")
+        turn = set(_stretches(_words(said)))
+        for i, stretch in enumerate(_stretches(words)):
+            if stretch in turn and (speaker == "Therapist" or _FIRST_PERSON.intersection(stretch)):
+                covered.update(range(i, i + COPY_WORDS))
+    return len(covered) >= COPY_SHARE * len(words)
+
+
+def _loops(words: Sequence[str]) -> bool:
+    """Whether a stretch of ``COPY_WORDS`` words occurs twice in the reply: a small model's decoding loop."""
+    stretches = _stretches(words)
+    return len(set(stretches)) < len(stretches)
 
 
 def off_task_rules(reply: str | None, dialogue: str) -> list[str]:
@@ -86,11 +128,12 @@ def off_task_rules(reply: str | None, dialogue: str) -> list[str]:
     * ``meta``: talk about the task, the prompt or the cues (transcript, cues, "the client", "Here is",
       "As an AI", arousal, dissonance), chat-markup or code;
     * ``unrelated``: shares no content word with the dialogue shown (the topic the client is talking about;
-      a therapist's earlier question may have named it).
+      a therapist's earlier question may have named it);
+    * ``copied``: repeats a turn shown instead of answering it (:func:`_copies_a_turn`);
+    * ``looping``: says the same thing over (:func:`_loops`).
     """
-    text = str(reply or "").strip()
-    lower = text.lower().replace("’", "'")
-    words = _WORD.findall(lower)
+    lower = str(reply or "").strip().lower().replace("’", "'")
+    words = _words(lower)
     broken = []
     if len(words) < 3:
         return ["empty"]
@@ -100,8 +143,12 @@ def off_task_rules(reply: str | None, dialogue: str) -> list[str]:
         broken.append("anecdote")
     if _META.search(lower):
         broken.append("meta")
-    if not _content_stems(lower) & _content_stems(dialogue):
+    if not _share_content(_content_words(lower), _content_words(dialogue)):
         broken.append("unrelated")
+    if _copies_a_turn(words, dialogue):
+        broken.append("copied")
+    if _loops(words):
+        broken.append("looping")
     return broken
 
 
