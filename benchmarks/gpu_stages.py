@@ -50,11 +50,10 @@ from models.registry import ResolvedModel  # noqa: E402
 from models.segmentation import SpeechSegmenter  # noqa: E402
 from models.speakers.embedders import SpeakerEmbedder  # noqa: E402
 from models.speakers.windows import cut_windows, region_windows  # noqa: E402
-from ray_jobs.config import GenerationConfig  # noqa: E402
 
 BUNDLE_LIMIT = 64 << 20  # what travels to the device machine
 PROMPT_TURNS = 12  # a chat of about 300 tokens, the size of an intervention prompt (6 turns of context)
-GENERATION = GenerationConfig()  # a run's defaults: batch, reply length and repetition penalty
+LLM_BATCH, LLM_NEW_TOKENS = 8, 96  # the generation config's defaults
 SMOKE_S = 10.0  # --smoke: seconds of audio timed
 
 
@@ -148,7 +147,7 @@ def time_stages(bundle: Path, device: torch.device, repeats: int, smoke: bool = 
     audio, media_s = np.load(bundle / "audio.npy"), manifest["media_s"]
     regions = [tuple(r) for r in manifest["speech_regions"]]
     crops = np.load(bundle / "face_crops.npy")
-    new_tokens = GENERATION.max_new_tokens
+    new_tokens = LLM_NEW_TOKENS
     if smoke:
         media_s = min(media_s, SMOKE_S)
         audio, crops, new_tokens = audio[: int(SMOKE_S * SAMPLE_RATE)], crops[:16], 8
@@ -190,19 +189,19 @@ def _time_llm(folder: Path, device: torch.device, repeats: int, new_tokens: int)
     turns = [{"role": "user" if i % 2 else "assistant", "content": "I have been feeling tired and on edge at work "
               "lately, and I do not know how to talk about it with my family."} for i in range(PROMPT_TURNS)]
     chats = [tok.apply_chat_template(turns[: PROMPT_TURNS - k % 3], tokenize=False, add_generation_prompt=True)
-             for k in range(GENERATION.batch_size)]
+             for k in range(LLM_BATCH)]
     enc = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
     def generate() -> None:
         with torch.inference_mode():
             model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           repetition_penalty=GENERATION.repetition_penalty, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
+                           repetition_penalty=1.1, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
                            top_k=None)
 
     seconds = _timed(generate, device, repeats)
-    tokens = GENERATION.batch_size * new_tokens
-    return {"seconds": [round(s, 3) for s in seconds], "batch": GENERATION.batch_size, "new_tokens_per_reply": new_tokens,
-            "prompt_tokens": int(enc["attention_mask"].sum()) // GENERATION.batch_size, "dtype": str(dtype).split(".")[-1],
+    tokens = LLM_BATCH * new_tokens
+    return {"seconds": [round(s, 3) for s in seconds], "batch": LLM_BATCH, "new_tokens_per_reply": new_tokens,
+            "prompt_tokens": int(enc["attention_mask"].sum()) // LLM_BATCH, "dtype": str(dtype).split(".")[-1],
             "tokens_per_s": round(tokens / statistics.median(seconds), 1),
             "weights": "random (architecture of SmolLM2-135M-Instruct; the real weights do not travel)"}
 
