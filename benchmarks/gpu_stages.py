@@ -53,7 +53,9 @@ from models.speakers.windows import cut_windows, region_windows  # noqa: E402
 
 BUNDLE_LIMIT = 64 << 20  # what travels to the device machine
 PROMPT_TURNS = 12  # a chat of about 300 tokens, the size of an intervention prompt (6 turns of context)
-LLM_BATCH, LLM_NEW_TOKENS = 8, 96  # the generation config's defaults
+# GenerationConfig's defaults, repeated: ray_jobs.config would pull scipy and emoguide onto a machine
+# that has only torch and transformers
+LLM_BATCH, LLM_NEW_TOKENS, LLM_REPETITION_PENALTY = 8, 96, 1.1
 SMOKE_S = 10.0  # --smoke: seconds of audio timed
 
 
@@ -195,7 +197,7 @@ def _time_llm(folder: Path, device: torch.device, repeats: int, new_tokens: int)
     def generate() -> None:
         with torch.inference_mode():
             model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           repetition_penalty=1.1, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
+                           repetition_penalty=LLM_REPETITION_PENALTY, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
                            top_k=None)
 
     seconds = _timed(generate, device, repeats)

@@ -31,3 +31,17 @@ def test_runner_writes_a_well_formed_report(tmp_path):
     table = (tmp_path / "latest.md").read_text()
     assert "| perception pipeline" in table and "peak RSS" in table and "peak PSS" in table
     assert 0 < report["peak_pss_mib"] <= report["peak_rss_mib"]
+
+
+def test_the_gpu_stage_timing_uses_a_runs_generation_defaults() -> None:
+    """gpu_stages repeats GenerationConfig's defaults (it runs where ray_jobs cannot be imported)."""
+    import gpu_stages
+
+    from ray_jobs.config import GenerationConfig
+
+    defaults = GenerationConfig()
+    assert (gpu_stages.LLM_BATCH, gpu_stages.LLM_NEW_TOKENS, gpu_stages.LLM_REPETITION_PENALTY) == (
+        defaults.batch_size,
+        defaults.max_new_tokens,
+        defaults.repetition_penalty,
+    )
