@@ -197,8 +197,8 @@ def _time_llm(folder: Path, device: torch.device, repeats: int, new_tokens: int)
     def generate() -> None:
         with torch.inference_mode():
             model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           repetition_penalty=LLM_REPETITION_PENALTY, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
-                           top_k=None)
+                           repetition_penalty=LLM_REPETITION_PENALTY, pad_token_id=tok.pad_token_id,
+                           temperature=None, top_p=None, top_k=None)
 
     seconds = _timed(generate, device, repeats)
     tokens = LLM_BATCH * new_tokens

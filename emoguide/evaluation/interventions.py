@@ -104,10 +104,11 @@ def _copies_a_turn(words: Sequence[str], dialogue: str) -> bool:
     turn in the client's own first person (the reply speaks as the client). A reflection may repeat the
     client's words but says "you" where they said "I"; a new reply may echo a phrase of an earlier turn."""
     covered: set[int] = set()
+    reply = _stretches(words)
     for line in dialogue.splitlines():
         speaker, _, said = line.partition(":")
         turn = set(_stretches(_words(said)))
-        for i, stretch in enumerate(_stretches(words)):
+        for i, stretch in enumerate(reply):
             if stretch in turn and (speaker == "Therapist" or _FIRST_PERSON.intersection(stretch)):
                 covered.update(range(i, i + COPY_WORDS))
     return len(covered) >= COPY_SHARE * len(words)
